@@ -1,0 +1,143 @@
+"""PerftConfig: the PERFT family (arXiv 2411.08212, Eq. 7-10) as a peft config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from peft import PeftConfig, PeftType
+
+VARIANTS = ("R", "E", "D", "S")
+EXPERT_TYPES = ("lora", "adapter")
+# Defaults where the user leaves the multiplicity unset: the paper's common PERFT-R (Top2/4) and PERFT-D (4).
+DEFAULT_NUM_EXPERTS = 4
+DEFAULT_TOP_K = 2
+
+
+@dataclass
+class PerftConfig(PeftConfig):
+    """Configuration of a PERFT adapter: PEFT experts in parallel with each MoE block's experts.
+
+    R adds ``M`` routed PEFT experts with their own top-``K`` router; E embeds one PEFT expert in each of the
+    model's ``N`` experts and reuses the model's routing; D adds ``M`` always-on shared PEFT experts; S one.
+    """
+
+    variant: str = field(
+        default="R",
+        metadata={"help": "PERFT variant: 'R' (routed, own top-K router), 'E' (embedded in the model's experts, "
+                          "reuses its router), 'D' (several always-on shared experts) or 'S' (one shared expert)."},
+    )
+    num_experts: Optional[int] = field(
+        default=None,
+        metadata={"help": "M, the number of PEFT experts (R and D only; default 4). E always has the model's N, "
+                          "S has 1: giving it there is an error."},
+    )
+    top_k: Optional[int] = field(
+        default=None,
+        metadata={"help": "K, PEFT experts activated per token by PERFT-R's router (R only; default 2, at most "
+                          "num_experts). Gates are the top-K softmax probabilities, not renormalised."},
+    )
+    r: int = field(default=8, metadata={"help": "Bottleneck size D_B of each PEFT expert (the LoRA rank)."})
+    lora_alpha: int = field(default=16, metadata={"help": "Output scale numerator: each expert's term is scaled by "
+                                                          "lora_alpha / r."})
+    expert_type: str = field(
+        default="lora",
+        metadata={"help": "'lora': Delta(h) = s * B A h. 'adapter': parallel adapter Delta(h) = s * B act(A h)."},
+    )
+    adapter_act: str = field(
+        default="relu",
+        metadata={"help": "Activation of 'adapter' experts, any name in transformers' ACT2FN (default relu as in "
+                          "He et al. 2022). Ignored for 'lora' experts."},
+    )
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the PEFT experts' input, in [0, 1)."})
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={"help": "Names (suffixes) or a regex of the MoE experts modules to adapt. None = every MoE "
+                          "experts module found in the model."},
+    )
+    layers_to_transform: Optional[Union[list[int], int]] = field(
+        default=None,
+        metadata={"help": "Only adapt the decoder layers with these indices (as in peft LoRA)."},
+    )
+    layers_pattern: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={"help": "Name of the layer list used with layers_to_transform when it is not the usual "
+                          "`layers` (as in peft LoRA)."},
+    )
+    init_weights: bool = field(
+        default=True,
+        metadata={"help": "True: A like peft LoRA (Kaiming uniform), B = 0, so the adapted model equals the base "
+                          "model at step 0. False: B random as well (for tests and debugging)."},
+    )
+    modules_to_save: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Extra modules to train fully and save with the adapter (as in peft)."},
+    )
+    base_hidden_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Filled in at injection: the hidden size D of the model the adapter was made for. "
+                          "Loading onto a model with another D fails with a clear error."},
+    )
+    base_num_experts: Optional[int] = field(
+        default=None,
+        metadata={"help": "Filled in at injection: the number N of MoE experts of the model the adapter was made "
+                          "for. Loading onto a model with another N fails with a clear error."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.peft_type = PeftType.PERFT
+        if isinstance(self.variant, str):
+            self.variant = self.variant.upper()
+        if self.variant not in VARIANTS:
+            raise ValueError(f"Unknown PERFT variant {self.variant!r}: choose one of {', '.join(VARIANTS)}.")
+        if self.variant in ("E", "S"):
+            for name in ("num_experts", "top_k"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"PERFT-{self.variant} does not take `{name}` (E uses the model's own experts and router, "
+                        f"S has a single expert); remove it or choose variant 'R' or 'D'.")
+        if self.variant == "D" and self.top_k is not None:
+            raise ValueError("PERFT-D activates all its experts and does not take `top_k`; use variant 'R' for "
+                             "routed experts.")
+        if self.variant in ("R", "D") and self.num_experts is None:
+            self.num_experts = DEFAULT_NUM_EXPERTS
+        if self.variant == "R" and self.top_k is None:
+            self.top_k = min(DEFAULT_TOP_K, self.num_experts)
+        _check_int("r", self.r)
+        if self.num_experts is not None:
+            _check_int("num_experts", self.num_experts)
+        if self.top_k is not None:
+            _check_int("top_k", self.top_k)
+            if self.top_k > self.num_experts:
+                raise ValueError(f"top_k={self.top_k} is larger than num_experts={self.num_experts}.")
+        if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be a positive number, got {self.lora_alpha!r}.")
+        if self.expert_type not in EXPERT_TYPES:
+            raise ValueError(f"expert_type must be one of {EXPERT_TYPES}, got {self.expert_type!r}.")
+        if self.expert_type == "adapter":
+            from transformers.activations import ACT2FN
+
+            if self.adapter_act not in ACT2FN:
+                raise ValueError(f"Unknown adapter_act {self.adapter_act!r}; use a name from transformers' ACT2FN "
+                                 f"such as 'relu', 'gelu', 'silu'.")
+        if not 0.0 <= float(self.lora_dropout) < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
+        if isinstance(self.target_modules, list):
+            self.target_modules = sorted(set(self.target_modules))
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ValueError("layers_pattern only makes sense together with layers_to_transform.")
+
+    @property
+    def num_peft_experts(self) -> Optional[int]:
+        """M for R and D, 1 for S; None for E, whose M is the model's N."""
+        return {"R": self.num_experts, "D": self.num_experts, "S": 1}.get(self.variant, self.base_num_experts)
+
+    @property
+    def scaling(self) -> float:
+        return self.lora_alpha / self.r
+
+
+def _check_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")

@@ -1,0 +1,98 @@
+"""PerftModel: injects PerftLayer around every targeted MoE experts module (peft BaseTuner)."""
+
+from __future__ import annotations
+
+import re
+
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_module_exists
+from torch import nn
+
+from .. import moe
+from .config import PerftConfig
+from .layer import PerftLayer
+
+
+def check_adapter_name(adapter_name: str, prefix: str) -> None:
+    """Adapter names become keys of the layers' ParameterDicts and parts of state-dict keys."""
+    if not isinstance(adapter_name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", adapter_name):
+        raise ValueError(f"Invalid adapter name {adapter_name!r}: use letters, digits, '_' or '-' (no dots), "
+                         "not starting with a digit.")
+    reserved = set(dir(nn.ParameterDict())) | {"base_layer", "weight", "bias"}
+    if adapter_name in reserved or adapter_name.startswith(prefix):
+        raise ValueError(f"Adapter name {adapter_name!r} clashes with an attribute name of the adapter layers; "
+                         "choose another name.")
+
+
+class PerftModel(BaseTuner):
+    """PERFT (arXiv 2411.08212) on any transformers MoE model. Use through ``peft.get_peft_model``."""
+
+    prefix: str = "perft_"
+    tuner_layer_cls = PerftLayer
+    target_module_mapping: dict[str, list[str]] = {}
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
+        # Validate everything against the model before peft touches a single module.
+        check_adapter_name(adapter_name, self.prefix)
+        self._resolve_targets(model, self.peft_config[adapter_name])
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+
+    def _resolve_targets(self, model: nn.Module, config: PerftConfig) -> None:
+        """Fill target_modules when unset, check every target fits the config and the model; raise otherwise."""
+        experts = moe.find_experts_modules(model)
+        if config.target_modules is None:
+            if not experts:
+                raise ValueError(f"No MoE experts module found in {type(model).__name__}. PERFT searched for "
+                                 f"{moe.SEARCHED_FOR}. Pass `target_modules` to name the modules explicitly.")
+            config.target_modules = sorted({name.rsplit(".", 1)[-1] for name in experts})
+        targets, inside = [], []
+        for name, module in model.named_modules():
+            if not name or any(name.startswith(p) for p in inside):
+                continue
+            if isinstance(module, BaseTunerLayer):
+                inside.append(name + ".")
+                module = module.get_base_layer()
+            if check_target_module_exists(config, name):
+                targets.append((name, module))
+        if not targets:
+            raise ValueError(f"target_modules={config.target_modules!r} matched no module of "
+                             f"{type(model).__name__}.")
+        model_config = getattr(model, "config", None)
+        for name, module in targets:
+            D = moe.hidden_size(module, model_config)
+            N = moe.num_experts(module)
+            if config.variant == "E" and (N is None or not moe.receives_routing(module)):
+                raise ValueError(f"PERFT-E reuses the model's routing, but {name} ({type(module).__name__}) does "
+                                 "not receive routing (expected an experts module called as experts(hidden_states, "
+                                 "top_k_index, top_k_weights)). Use variant R, D or S, or target the experts.")
+            if config.base_hidden_size is not None and config.base_hidden_size != D:
+                raise ValueError(f"This adapter was made for a model with hidden size {config.base_hidden_size}, "
+                                 f"but {name} has hidden size {D}: it belongs to another base model.")
+            if config.base_num_experts is not None and N is not None and config.base_num_experts != N:
+                raise ValueError(f"This adapter was made for a model with {config.base_num_experts} experts per "
+                                 f"MoE block, but {name} has {N}: it belongs to another base model.")
+        config.base_hidden_size = moe.hidden_size(targets[0][1], model_config)
+        config.base_num_experts = moe.num_experts(targets[0][1])
+
+    def _create_and_replace(self, peft_config: PerftConfig, adapter_name: str, target: nn.Module, target_name: str,
+                            parent: nn.Module, current_key: str, **kwargs) -> None:
+        if isinstance(target, PerftLayer):
+            target.update_layer(adapter_name, peft_config)
+            return
+        model_config = getattr(self.model, "config", None)
+        new = PerftLayer(target, adapter_name, peft_config, hidden_size=moe.hidden_size(target, model_config),
+                         model_experts=moe.num_experts(target))
+        if adapter_name not in self.active_adapters:
+            new.requires_grad_(False)
+        self._replace_module(parent, target_name, new, target)
+
+    def merge_and_unload(self, *args, **kwargs):
+        raise TypeError(
+            "merge_and_unload is not possible for PERFT: the PEFT experts run in parallel with non-linear MoE "
+            "experts (and PERFT-R has its own router), so they cannot be folded into the base weights. The model "
+            "is unchanged. Keep the adapter, or call `unload()` to get the base model back.")
+
+    def merge_adapter(self, *args, **kwargs):
+        self.merge_and_unload()
+
+    def _check_merge_allowed(self):
+        self.merge_and_unload()

@@ -1,0 +1,47 @@
+"""Tiny MoE models built from transformers configs (no download), shared by tests, the demo and benchmarks."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+# Per family: the smallest config that keeps the family's MoE features (shared experts, sigmoid grouped routing,
+# biases...). Every family gets 8 experts with top-2 routing unless it needs otherwise.
+_COMMON = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, vocab_size=128, max_position_embeddings=128,
+               bos_token_id=1, eos_token_id=2, pad_token_id=0)
+TINY_FAMILIES: dict[str, dict] = {
+    "mixtral": dict(num_local_experts=8, num_experts_per_tok=2),
+    "olmoe": dict(num_experts=8, num_experts_per_tok=2),
+    "qwen2_moe": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+                      shared_expert_intermediate_size=48, decoder_sparse_step=1, mlp_only_layers=[]),
+    "qwen3_moe": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1,
+                      mlp_only_layers=[], head_dim=8),
+    "deepseek_v3": dict(num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
+                        n_group=2, topk_group=1, first_k_dense_replace=0, kv_lora_rank=16, q_lora_rank=16,
+                        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, routed_scaling_factor=2.5,
+                        norm_topk_prob=True),
+    "gpt_oss": dict(num_local_experts=8, num_experts_per_tok=2, head_dim=8, sliding_window=16,
+                    layer_types=["sliding_attention", "full_attention"],
+                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+}
+
+
+def tiny_config(family: str, **overrides):
+    """A transformers config of ``family`` small enough for CPU unit tests."""
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"Unknown family {family!r}; known: {', '.join(TINY_FAMILIES)}.")
+    kwargs = {**_COMMON, **TINY_FAMILIES[family], **overrides}
+    return AutoConfig.for_model(family, **kwargs)
+
+
+def tiny_moe(family: str = "mixtral", seed: int = 0, **overrides):
+    """A randomly initialised tiny causal LM of ``family`` in float32 eval mode."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, **overrides), dtype=torch.float32)
+    if family == "deepseek_v3":
+        # Random (not zero) correction bias so grouped routing is exercised for real.
+        for module in model.modules():
+            if hasattr(module, "e_score_correction_bias"):
+                module.e_score_correction_bias.normal_(0, 0.1)
+    return model.eval()
