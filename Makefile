@@ -1,0 +1,26 @@
+# The two commands: `make test` and `make demo`. Each builds .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch==2.13.0 first: on these machines it is a local CPU build; an open range could pull a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: test demo install clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) -m perft_peft.demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo_output
