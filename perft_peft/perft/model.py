@@ -81,9 +81,15 @@ class PerftModel(BaseTuner):
         model_config = getattr(self.model, "config", None)
         new = PerftLayer(target, adapter_name, peft_config, hidden_size=moe.hidden_size(target, model_config),
                          model_experts=moe.num_experts(target))
+        new.train(target.training)  # a fresh module is in training mode; follow the model's mode
         if adapter_name not in self.active_adapters:
             new.requires_grad_(False)
         self._replace_module(parent, target_name, new, target)
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        # peft's version copies `child.weight` onto the new module, which experts modules do not have; our layer
+        # creates its tensors on the base layer's device already, so swapping the attribute is all there is to do.
+        setattr(parent, child_name, new_module)
 
     def merge_and_unload(self, *args, **kwargs):
         raise TypeError(

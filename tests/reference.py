@@ -1,0 +1,33 @@
+"""The PERFT equations of DESIGN.md, written independently of the library: plain loops, float64, tensors read
+back from the saved safetensors. Used to check what the layer computes."""
+
+import torch
+from transformers.activations import ACT2FN
+
+
+def expert_delta(h, A, B, scaling, act):
+    """Delta_j(h) = s * B_j act(A_j h) for one token h [D] and one expert's A [r, D], B [D, r]."""
+    z = A.double() @ h.double()
+    if act is not None:
+        z = ACT2FN[act](z)
+    return scaling * (B.double() @ z)
+
+
+def perft_term(variant, h, tensors, scaling, act=None, top_k=None, routing=None):
+    """The variant's added term for tokens h [T, D]; ``routing`` = (index [T,K], weights [T,K]) for E."""
+    A, B = tensors["perft_A"], tensors["perft_B"]
+    out = torch.zeros(h.shape, dtype=torch.float64)
+    for t in range(h.shape[0]):
+        if variant in ("D", "S"):
+            pairs = [(j, 1.0) for j in range(A.shape[0])]
+        elif variant == "R":
+            logits = tensors["perft_router"].double() @ h[t].double()
+            probs = torch.softmax(logits, dim=-1)
+            chosen = torch.argsort(probs, descending=True)[:top_k]
+            pairs = [(int(j), float(probs[j])) for j in chosen]  # top-K probabilities, not renormalised
+        else:
+            index, weights = routing
+            pairs = [(int(i), float(w)) for i, w in zip(index[t], weights[t])]
+        for j, g in pairs:
+            out[t] += g * expert_delta(h[t], A[j], B[j], scaling, act)
+    return out
