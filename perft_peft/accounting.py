@@ -58,11 +58,12 @@ def parameter_accounting(model: nn.Module) -> ParameterAccounting:
                 raise ValueError("Cannot count PERFT-E's activated parameters: the model config does not say how "
                                  "many experts each token uses (num_experts_per_tok).")
             activated += experts * share // setting.num_experts + (router.numel() if router is not None else 0)
-    base_total, skipped = 0, 0.0
+    base_total, skipped, seen = 0, 0.0, set(adapter_ids)  # `seen` also counts tied weights once
     for name, module in model.named_modules():
         if isinstance(module, PerftLayer):
             continue
-        own = [p for p in module.parameters(recurse=False) if id(p) not in adapter_ids]
+        own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for p in own)
         extra = sum(p.numel() for p in own if p.requires_grad)  # modules_to_save copies, unfrozen base weights
         trainable, activated = trainable + extra, activated + extra
         if ".modules_to_save." in f".{name}.":

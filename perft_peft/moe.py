@@ -77,7 +77,7 @@ def hidden_size(module: nn.Module, model_config=None) -> int:
 
 def experts_per_token(model_config) -> int | None:
     """K of the model's own router, read from its config (None if the config does not say)."""
-    for attr in ("num_experts_per_tok", "moe_top_k", "top_k", "experts_per_token"):
+    for attr in ("num_experts_per_tok", "moe_topk", "moe_k", "moe_top_k", "experts_per_token", "top_k"):
         value = getattr(model_config, attr, None)
         if isinstance(value, int):
             return value

@@ -24,6 +24,22 @@ TINY_FAMILIES: dict[str, dict] = {
     "gpt_oss": dict(num_local_experts=8, num_experts_per_tok=2, head_dim=8, sliding_window=16,
                     layer_types=["sliding_attention", "full_attention"],
                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+    "deepseek_v2": dict(num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+                        n_shared_experts=1, first_k_dense_replace=0, kv_lora_rank=16, q_lora_rank=16,
+                        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8),
+    "glm4_moe": dict(n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
+                     first_k_dense_replace=0, n_group=1, topk_group=1, head_dim=8),
+    "dots1": dict(n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
+                  first_k_dense_replace=0, n_group=1, topk_group=1, head_dim=8),
+    "ernie4_5_moe": dict(moe_num_experts=8, moe_k=2, moe_intermediate_size=32, moe_layer_start_index=0, head_dim=8),
+    "hunyuan_v1_moe": dict(num_experts=8, moe_topk=2, head_dim=8),
+    "phimoe": dict(num_local_experts=8, num_experts_per_tok=2),
+    "minimax": dict(num_local_experts=8, num_experts_per_tok=2, head_dim=8,
+                    layer_types=["full_attention", "full_attention"]),
+    "granitemoe": dict(num_local_experts=8, num_experts_per_tok=2),
+    "jamba": dict(num_experts=8, num_experts_per_tok=2, expert_layer_period=1, expert_layer_offset=0,
+                  attn_layer_period=1, attn_layer_offset=0, use_mamba_kernels=False),
+    "flex_olmo": dict(num_experts=8, num_experts_per_tok=2),
 }
 
 

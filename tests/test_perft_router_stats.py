@@ -143,7 +143,8 @@ def test_trainable_counts_follow_formula(family, variant):
     assert accounting.activated_trainable == L * activated
 
     base = base_model(family)
-    experts = [m for n, m in base.named_modules() if n.endswith("mlp.experts")]
+    experts = [m for n, m in base.named_modules() if n.endswith(".experts")]
+    assert len(experts) == L
     skipped = sum(p.numel() for m in experts for p in m.parameters()) * (N - K_model) // N
     assert accounting.base_total == sum(p.numel() for p in base.parameters())
     assert accounting.base_activated == accounting.base_total - skipped
