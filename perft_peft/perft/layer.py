@@ -14,6 +14,7 @@ sparsely (tokens sorted by expert, two grouped GEMMs), whichever is cheaper for 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -61,6 +62,7 @@ def _grouped_mm(x: torch.Tensor, weight: torch.Tensor, offs: torch.Tensor) -> to
     return grouped_mm(x, weight, offs)
 
 
+@functools.cache
 def _grouped_mm_available() -> bool:
     try:
         from transformers.integrations.moe import _grouped_mm  # noqa: F401
