@@ -4,6 +4,8 @@ back from the saved safetensors. Used to check what the layer computes."""
 import torch
 from transformers.activations import ACT2FN
 
+from perft_peft import PerftLayer
+
 
 def expert_delta(h, A, B, scaling, act):
     """Delta_j(h) = s * B_j act(A_j h) for one token h [D] and one expert's A [r, D], B [D, r]."""
@@ -31,3 +33,34 @@ def perft_term(variant, h, tensors, scaling, act=None, top_k=None, routing=None)
         for j, g in pairs:
             out[t] += g * expert_delta(h[t], A[j], B[j], scaling, act)
     return out
+
+
+def capture_router_inputs(model):
+    """Forward pre-hooks record each PERFT layer's input hidden states (float64) and its router weight."""
+    captured = []
+
+    def hook(module, args):
+        captured.append((args[0].reshape(-1, args[0].shape[-1]).detach().double(),
+                         module.perft_router["default"].detach().double()))
+    for layer in model.modules():
+        if isinstance(layer, PerftLayer):
+            layer.register_forward_pre_hook(hook)
+    return captured
+
+
+def reference_router_losses(captured, mask, top_k):
+    """Switch/Mixtral balance loss and ST-MoE z-loss per layer, with explicit loops, averaged over layers."""
+    balance, zloss = [], []
+    for h, W in captured:
+        logits = h @ W.T
+        probs = logits.softmax(-1)
+        M = W.shape[0]
+        tokens = [t for t in range(h.shape[0]) if mask[t]]
+        f = torch.zeros(top_k, M, dtype=torch.float64)
+        for t in tokens:
+            for k, j in enumerate(torch.argsort(probs[t], descending=True)[:top_k]):
+                f[k, j] += 1 / len(tokens)
+        P = sum(probs[t] for t in tokens) / len(tokens)
+        balance.append(M * (f * P).sum())
+        zloss.append(sum(torch.logsumexp(logits[t], -1) ** 2 for t in tokens) / len(tokens))
+    return torch.stack(balance).mean(), torch.stack(zloss).mean()

@@ -8,6 +8,7 @@ from perft_peft import (PerftConfig, PerftLayer, load_balancing_loss, parameter_
                         router_z_loss)
 
 from .conftest import FAMILIES, VARIANT_KWARGS, base_model
+from .reference import capture_router_inputs, reference_router_losses
 
 
 def _routed_model(family="mixtral", **kwargs):
@@ -19,49 +20,18 @@ def _routed_model(family="mixtral", **kwargs):
     return model.train()
 
 
-def _capture_router_inputs(model):
-    """Forward pre-hooks record each PERFT layer's input hidden states (float64) and its router weight."""
-    captured = []
-
-    def hook(module, args):
-        captured.append((args[0].reshape(-1, args[0].shape[-1]).detach().double(),
-                         module.perft_router["default"].detach().double()))
-    for layer in model.modules():
-        if isinstance(layer, PerftLayer):
-            layer.register_forward_pre_hook(hook)
-    return captured
-
-
-def _reference_losses(captured, mask, top_k):
-    """Switch/Mixtral balance loss and ST-MoE z-loss per layer, with explicit loops, averaged over layers."""
-    balance, zloss = [], []
-    for h, W in captured:
-        logits = h @ W.T
-        probs = logits.softmax(-1)
-        M = W.shape[0]
-        tokens = [t for t in range(h.shape[0]) if mask[t]]
-        f = torch.zeros(top_k, M, dtype=torch.float64)
-        for t in tokens:
-            for k, j in enumerate(torch.argsort(probs[t], descending=True)[:top_k]):
-                f[k, j] += 1 / len(tokens)
-        P = sum(probs[t] for t in tokens) / len(tokens)
-        balance.append(M * (f * P).sum())
-        zloss.append(sum(torch.logsumexp(logits[t], -1) ** 2 for t in tokens) / len(tokens))
-    return torch.stack(balance).mean(), torch.stack(zloss).mean()
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_aux_losses_equal_independent_computation(family):
     model = _routed_model(family)
-    captured = _capture_router_inputs(model)
+    captured = capture_router_inputs(model)
     ids = torch.randint(3, 128, (2, 9), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0
     model(ids, attention_mask=mask)
-    expected_balance, expected_z = _reference_losses(captured, mask.reshape(-1).bool(), top_k=2)
+    expected_balance, expected_z = reference_router_losses(captured, mask.reshape(-1).bool(), top_k=2)
     torch.testing.assert_close(load_balancing_loss(model, mask).double(), expected_balance, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(router_z_loss(model, mask).double(), expected_z, rtol=1e-5, atol=1e-6)
-    unmasked, _ = _reference_losses(captured, torch.ones(18, dtype=torch.bool), top_k=2)
+    unmasked, _ = reference_router_losses(captured, torch.ones(18, dtype=torch.bool), top_k=2)
     torch.testing.assert_close(load_balancing_loss(model).double(), unmasked, rtol=1e-5, atol=1e-6)
 
 

@@ -1,0 +1,167 @@
+"""PerftTrainer: transformers' Trainer plus PERFT's router losses, LoRACoE's two phases and routing telemetry.
+
+The additions live in ``PerftTrainerMixin`` so they compose with other Trainer subclasses:
+``class MySFT(PerftTrainerMixin, trl.SFTTrainer)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import Trainer, TrainerCallback
+from transformers.optimization import get_scheduler
+
+from perft_peft import load_balancing_loss, router_z_loss
+from perft_peft.loracoe import LoraCoeLayer, set_loracoe_phase
+
+from .arguments import PerftTrainingArguments
+from .routing import RoutingStats
+
+# Defaults for the mixin when the Trainer's args are not PerftTrainingArguments (e.g. a plain SFTConfig).
+_DEFAULTS = {name: PerftTrainingArguments.__dataclass_fields__[name].default for name in (
+    "router_aux_loss_coef", "router_z_loss_coef", "keep_base_aux_loss", "loracoe_warmup_steps",
+    "loracoe_warmup_epochs", "loracoe_warmup_learning_rate")}
+
+
+def _two_phase(warmup_steps: int, warmup_ratio: float, joint):
+    """LR multiplier: constant ``warmup_ratio`` for the first steps, then the joint schedule restarted at 0.
+    A plain function (not a callable object) so LambdaLR's state_dict stays picklable."""
+    def lr_lambda(step: int) -> float:
+        return warmup_ratio if step < warmup_steps else joint(step - warmup_steps)
+    return lr_lambda
+
+
+class PerftTrainerMixin:
+    """Adds to a transformers Trainer: loss = model loss (+ base aux) + coefficients x PERFT router losses;
+    the LoRACoE warmup -> joint schedule driven by the global step; routing telemetry, plots and stats."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        model = self.model
+        self.loracoe_layers = [m for m in model.modules() if isinstance(m, LoraCoeLayer)]
+        if self._arg("loracoe_warmup_steps") or self._arg("loracoe_warmup_epochs"):
+            if not self.loracoe_layers:
+                raise ValueError("loracoe_warmup_steps/epochs is set, but the model has no LoRACoE adapter. "
+                                 "Remove the warmup arguments or wrap the model with a LoraCoeConfig.")
+        elif self._arg("loracoe_warmup_learning_rate") is not None:
+            raise ValueError("loracoe_warmup_learning_rate is set without loracoe_warmup_steps/epochs.")
+        if not any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+            raise ValueError("PerftTrainer trains PEFT adapters: wrap the model with get_peft_model first.")
+        self.routing = RoutingStats(model)
+        self.loracoe_warmup_steps = 0  # resolved when the scheduler is created
+        self._loss_sums: dict[str, list] = {}
+        self.add_callback(_PerftCallback(self))
+
+    def _arg(self, name: str):
+        return getattr(self.args, name, _DEFAULTS[name])
+
+    # -- loss ------------------------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        training = model.training
+        keep_base = self._arg("keep_base_aux_loss")
+        base_coef = getattr(self._model_config(), "router_aux_loss_coef", None)
+        if base_coef is not None and "output_router_logits" not in inputs:
+            inputs = {**inputs, "output_router_logits": bool(keep_base and training)}
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                             num_items_in_batch=num_items_in_batch)
+        if training:
+            loss = self._add_aux_losses(loss, outputs, inputs, num_items_in_batch, base_coef)
+            self.routing.update()
+        return (loss, outputs) if return_outputs else loss
+
+    def _add_aux_losses(self, loss, outputs, inputs, num_items_in_batch, base_coef):
+        # When the model loss is normalised over the whole accumulated batch (num_items_in_batch), the Trainer
+        # does not divide by the accumulation steps, so per-micro-batch terms are divided here: every term ends
+        # up as its mean over the micro-batches of one optimizer step.
+        per_step = 1.0
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None or self.compute_loss_func is not None:
+            per_step = 1.0 / self.current_gradient_accumulation_steps
+        mask = inputs.get("attention_mask")
+        terms = [("aux_loss/perft_balance", self._arg("router_aux_loss_coef"), load_balancing_loss),
+                 ("aux_loss/perft_z", self._arg("router_z_loss_coef"), router_z_loss)]
+        for key, coef, fn in terms:
+            if coef:
+                value = fn(self.model, mask)
+                if value is not None:
+                    loss = loss + coef * per_step * value.to(loss.device)
+                    self._track(key, value)
+        base_aux = getattr(outputs, "aux_loss", None)
+        if base_aux is not None:
+            self._track("aux_loss/base", base_aux)
+            if inputs.get("labels") is not None and per_step != 1.0:
+                # transformers adds coef * aux_loss to the LM loss once per micro-batch: average it too.
+                loss = loss - base_coef * (1.0 - per_step) * base_aux.to(loss.device)
+        return loss
+
+    def _model_config(self):
+        model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
+        return getattr(model, "config", None)
+
+    def _track(self, key: str, value: torch.Tensor) -> None:
+        total = self._loss_sums.setdefault(key, [0.0, 0])
+        total[0] = total[0] + value.detach().float()
+        total[1] += 1
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs:  # a training log: add what accumulated since the last one
+            for key, (total, count) in self._loss_sums.items():
+                logs[key] = float(total) / count
+            self._loss_sums = {}
+            logs.update(self.routing.log_window())
+            if self.loracoe_layers:
+                # the phase of the optimizer step just taken (global_step already counts it)
+                logs["loracoe/joint_phase"] = float(self.state.global_step > self.loracoe_warmup_steps)
+        super().log(logs, *args, **kwargs)
+
+    # -- LoRACoE schedule -----------------------------------------------------------------------------------
+
+    def create_optimizer(self, *args, **kwargs):
+        if self.loracoe_layers:
+            set_loracoe_phase(self.model, "joint")  # routers must be in the optimizer for the joint phase
+        return super().create_optimizer(*args, **kwargs)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        warmup = self.args.loracoe_warmup_steps_for(num_training_steps) if self.loracoe_layers and isinstance(
+            self.args, PerftTrainingArguments) else 0
+        self.loracoe_warmup_steps = warmup
+        if not warmup or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        joint_steps = num_training_steps - warmup
+        joint = get_scheduler(self.args.lr_scheduler_type, optimizer=optimizer,
+                              num_warmup_steps=self.args.get_warmup_steps(joint_steps),
+                              num_training_steps=joint_steps, scheduler_specific_kwargs=self.args.lr_scheduler_kwargs)
+        if not isinstance(joint, LambdaLR):
+            raise ValueError(f"lr_scheduler_type={self.args.lr_scheduler_type!r} cannot follow a LoRACoE warmup; "
+                             "use a step-based schedule such as 'linear', 'cosine' or 'constant'.")
+        ratio = (self._arg("loracoe_warmup_learning_rate") or self.args.learning_rate) / self.args.learning_rate
+        self.lr_scheduler = LambdaLR(optimizer, [_two_phase(warmup, ratio, f) for f in joint.lr_lambdas])
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def loracoe_phase_at(self, global_step: int) -> str:
+        return "warmup" if global_step < self.loracoe_warmup_steps else "joint"
+
+
+class _PerftCallback(TrainerCallback):
+    """Sets the LoRACoE phase from the global step (so a resumed run is in the right phase) and saves the
+    routing statistics and plots when training ends."""
+
+    def __init__(self, trainer: PerftTrainerMixin):
+        self.trainer = trainer
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.trainer.loracoe_layers:
+            set_loracoe_phase(self.trainer.model, self.trainer.loracoe_phase_at(state.global_step))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.trainer.loracoe_layers:
+            set_loracoe_phase(self.trainer.model, "joint")
+        if state.is_world_process_zero:
+            self.trainer.routing.save(args.output_dir)
+
+
+class PerftTrainer(PerftTrainerMixin, Trainer):
+    """transformers.Trainer for PERFT and LoRACoE adapters (see PerftTrainerMixin)."""
