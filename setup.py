@@ -19,9 +19,10 @@ setup(
         "safetensors>=0.4",
         "huggingface_hub>=1.0,<3",
         "tqdm>=4.60",
+        "matplotlib>=3.7",  # routing / rank-usage plots
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "datasets>=3", "trl>=1.0"],
         "deepspeed": ["deepspeed>=0.17,<1"],
     },
 )

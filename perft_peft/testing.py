@@ -61,3 +61,16 @@ def tiny_moe(family: str = "mixtral", seed: int = 0, **overrides):
             if hasattr(module, "e_score_correction_bias"):
                 module.e_score_correction_bias.normal_(0, 0.1)
     return model.eval()
+
+
+def tiny_tokenizer(vocab_size: int = 128):
+    """A word-level tokenizer over the words ``t0 … t{vocab_size-1}`` (ids 0-2 are <pad>, <s>, </s>), built in
+    code so tests and demos need no download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, vocab_size)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<pad>")

@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 from perft_peft import LoraCoeConfig, PerftConfig, PerftLayer
 from perft_peft.trainer import PerftTrainer, PerftTrainingArguments
 
+from perft_peft.testing import tiny_tokenizer
+
 from .conftest import base_model
 from .reference import capture_router_inputs, reference_router_losses
 
@@ -201,7 +203,9 @@ def test_mixin_with_trl_sft_trainer(tmp_path):
         pass
 
     config = trl.SFTConfig(output_dir=str(tmp_path), max_steps=2, report_to=[], use_cpu=True, save_strategy="no",
+                           logging_steps=1,
                            per_device_train_batch_size=2)
-    trainer = PerftSFTTrainer(model=_perft_model(), args=config, train_dataset=_dataset())
+    trainer = PerftSFTTrainer(model=_perft_model(), args=config, train_dataset=_dataset(),
+                              processing_class=tiny_tokenizer())
     trainer.train()
     assert "aux_loss/perft_balance" in trainer.state.log_history[0]

@@ -54,7 +54,9 @@ class PerftTrainerMixin:
         self.add_callback(_PerftCallback(self))
 
     def _arg(self, name: str):
-        return getattr(self.args, name, _DEFAULTS[name])
+        # None means unset: trl's SFTConfig has its own `router_aux_loss_coef` (the base model's), default None.
+        value = getattr(self.args, name, None)
+        return _DEFAULTS[name] if value is None else value
 
     # -- loss ------------------------------------------------------------------------------------------------
 
