@@ -1,26 +1,33 @@
 """perft-peft: PERFT and LoRACoE for Mixture-of-Experts LLMs, as peft methods.
 
-Importing this package registers the methods with peft, so ``get_peft_model``, ``PeftModel.from_pretrained`` and
-transformers' ``load_adapter`` understand ``PerftConfig`` adapters. peft has no plugin discovery: run
-``import perft_peft`` before loading a saved adapter.
+Importing this package registers both methods with peft, so ``get_peft_model``, ``PeftModel.from_pretrained`` and
+transformers' ``load_adapter`` understand ``PerftConfig`` and ``LoraCoeConfig`` adapters. peft has no plugin
+discovery: run ``import perft_peft`` before loading a saved adapter.
 """
 
 from .accounting import ParameterAccounting, parameter_accounting
+from .analysis import rank_importance
+from .loracoe import LoraCoeConfig, LoraCoeModel, set_loracoe_phase
 from .losses import load_balancing_loss, router_records, router_z_loss
 from .perft import PerftConfig, PerftLayer, PerftModel
 from .registry import register
 
 register("perft", PerftConfig, PerftModel, prefix="perft_")
+register("loracoe", LoraCoeConfig, LoraCoeModel, prefix="loracoe_")
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LoraCoeConfig",
+    "LoraCoeModel",
     "ParameterAccounting",
     "PerftConfig",
     "PerftLayer",
     "PerftModel",
     "load_balancing_loss",
     "parameter_accounting",
+    "rank_importance",
     "router_records",
     "router_z_loss",
+    "set_loracoe_phase",
 ]

@@ -1,7 +1,8 @@
 """Trainable and *activated* trainable parameters: the PERFT paper's "# Act." and "% Act." columns.
 
 A token activates, per adapted MoE block: R: K of M PEFT experts plus the whole router (M*D); E: the K experts
-the model routes it to; D: all M; S: the one. The base model's activated parameters count every parameter
+the model routes it to; D: all M; S: the one. Other adapters (LoRACoE, peft LoRA) are used by every token in full.
+The base model's activated parameters count every parameter
 except the (N-K)/N share of routed experts each token skips.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from . import moe
@@ -44,6 +46,13 @@ def parameter_accounting(model: nn.Module) -> ParameterAccounting:
     config = _model_config(model)
     model_top_k = moe.experts_per_token(config)
     adapter_ids, trainable, activated = set(), 0, 0
+    for layer in (m for m in model.modules() if isinstance(m, BaseTunerLayer) and not isinstance(m, PerftLayer)):
+        # LoRACoE, peft LoRA, ...: every adapter parameter is used by every token.
+        for attr in layer.adapter_layer_names:
+            for p in getattr(layer, attr).parameters():
+                adapter_ids.add(id(p))
+                if p.requires_grad:
+                    trainable, activated = trainable + p.numel(), activated + p.numel()
     for layer in (m for m in model.modules() if isinstance(m, PerftLayer)):
         for name, setting in layer.perft_setting.items():
             tensors = [layer.perft_A[name], layer.perft_B[name]]
@@ -60,8 +69,6 @@ def parameter_accounting(model: nn.Module) -> ParameterAccounting:
             activated += experts * share // setting.num_experts + (router.numel() if router is not None else 0)
     base_total, skipped, seen = 0, 0.0, set(adapter_ids)  # `seen` also counts tied weights once
     for name, module in model.named_modules():
-        if isinstance(module, PerftLayer):
-            continue
         own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
         seen.update(id(p) for p in own)
         extra = sum(p.numel() for p in own if p.requires_grad)  # modules_to_save copies, unfrozen base weights

@@ -101,6 +101,7 @@ def test_logs_plots_and_routing_stats(tmp_path):
                 "routing/layers.1.mlp.experts/default/load_entropy"):
         assert all(key in h for h in logs), key
     stats = json.loads((tmp_path / "routing_stats.json").read_text())["perft"]
+    assert "loracoe" not in json.loads((tmp_path / "routing_stats.json").read_text())
     layer = stats["layers.0.mlp.experts/default"]
     assert len(layer["load"]) == 4 and layer["tokens"] == 4 * 4 * 10 * 2  # steps x batch x length x top-k
     assert abs(sum(layer["load"]) - 1) < 1e-6
@@ -157,6 +158,12 @@ def test_loracoe_two_phases(tmp_path):
     step1, step2 = record.steps[0], record.steps[1]
     assert not step1[2] and all(torch.count_nonzero(p) == 0 for p in step2[1]), "warmup leaves the router at 0"
     assert record.steps[-1][2] and any(torch.count_nonzero(p) > 0 for p in record.steps[-1][1]), "joint trains it"
+    usage = json.loads((tmp_path / "routing_stats.json").read_text())["loracoe"]
+    assert sorted(usage) == sorted(f"layers.{i}.self_attn.{t}/default" for i in (0, 1) for t in LORACOE_TARGETS)
+    for entry in usage.values():  # kappa = r: c averages to 1 over the ranks; only joint steps are counted
+        assert len(entry["rank_usage"]) == 4 and entry["batches"] == 3
+        assert sum(entry["rank_usage"]) / 4 == pytest.approx(1.0, abs=1e-5)
+    assert (tmp_path / "rank_usage_default.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("resume_at", [2, 4])  # in warmup, in joint training

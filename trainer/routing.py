@@ -9,6 +9,7 @@ import os
 import torch
 from torch import nn
 
+from perft_peft.loracoe.layer import LoraCoeLayer
 from perft_peft.perft.layer import PerftLayer
 
 
@@ -25,8 +26,10 @@ class RoutingStats:
 
     def __init__(self, model: nn.Module):
         self.layers = [(_short(n), m) for n, m in model.named_modules() if isinstance(m, PerftLayer)]
+        self.loracoe_layers = [(_short(n), m) for n, m in model.named_modules() if isinstance(m, LoraCoeLayer)]
         self.window: dict[str, torch.Tensor] = {}
         self.total: dict[str, torch.Tensor] = {}
+        self.rank_usage: dict[str, list] = {}  # key -> [sum of per-batch mean c, number of batches]
 
     def update(self) -> None:
         for name, layer in self.layers:
@@ -37,6 +40,10 @@ class RoutingStats:
                     0, index, torch.ones_like(index, dtype=torch.float32))
                 self.window[key] = self.window.get(key, 0) + counts
                 self.total[key] = self.total.get(key, 0) + counts
+        for name, layer in self.loracoe_layers:
+            for adapter, usage in layer.rank_usage.items():
+                total = self.rank_usage.setdefault(f"{name}/{adapter}", [0, 0])
+                total[0], total[1] = total[0] + usage, total[1] + 1
 
     @staticmethod
     def health(counts: torch.Tensor) -> tuple[float, float]:
@@ -63,41 +70,52 @@ class RoutingStats:
         return logs
 
     def summary(self) -> dict:
-        out = {}
+        """{"perft": {layer/adapter: load stats}, "loracoe": {module/adapter: {"rank_usage": mean c per rank}}}."""
+        perft = {}
         for key, counts in self.total.items():
             cv, entropy = self.health(counts)
             load = (counts / counts.sum().clamp(min=1)).cpu().tolist()
-            out[key] = {"load": load, "tokens": int(counts.sum()), "load_cv": cv, "load_entropy": entropy}
-        return out
+            perft[key] = {"load": load, "tokens": int(counts.sum()), "load_cv": cv, "load_entropy": entropy}
+        loracoe = {key: {"rank_usage": (total / batches).cpu().tolist(), "batches": batches}
+                   for key, (total, batches) in self.rank_usage.items()}
+        return {name: part for name, part in (("perft", perft), ("loracoe", loracoe)) if part}
 
     def save(self, output_dir: str) -> list[str]:
-        """Write routing_stats.json and an expert-load heatmap (one row per layer) per adapter; return paths."""
+        """Write routing_stats.json plus, per adapter, a heatmap with one row per layer: expert load (PERFT)
+        or rank usage (LoRACoE). Returns the paths written."""
         summary = self.summary()
         if not summary:
             return []
         os.makedirs(output_dir, exist_ok=True)
         paths = [os.path.join(output_dir, "routing_stats.json")]
         with open(paths[0], "w") as f:
-            json.dump({"perft": summary}, f, indent=2)
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        adapters = sorted({key.rsplit("/", 1)[1] for key in summary})
-        for adapter in adapters:
-            rows = [(k.rsplit("/", 1)[0], v["load"]) for k, v in summary.items() if k.endswith("/" + adapter)]
-            data = torch.tensor([load for _, load in rows])
-            fig, ax = plt.subplots(figsize=(1 + 0.4 * data.shape[1], 1 + 0.35 * len(rows)))
-            image = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0)
-            ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=7)
-            ax.set_xticks(range(data.shape[1]))
-            ax.set_xlabel("expert")
-            ax.set_title(f"expert load (share of routed tokens), adapter '{adapter}'")
-            fig.colorbar(image, ax=ax)
-            fig.tight_layout()
-            path = os.path.join(output_dir, f"expert_load_{adapter}.png")
-            fig.savefig(path, dpi=100)
-            plt.close(fig)
-            paths.append(path)
+            json.dump(summary, f, indent=2)
+        plots = (("perft", "load", "expert", "expert load (share of routed tokens)", "expert_load"),
+                 ("loracoe", "rank_usage", "rank", "rank usage (mean composition weight c)", "rank_usage"))
+        for part, field, xlabel, title, stem in plots:
+            entries = summary.get(part, {})
+            for adapter in sorted({key.rsplit("/", 1)[1] for key in entries}):
+                rows = [(k.rsplit("/", 1)[0], v[field]) for k, v in entries.items() if k.endswith("/" + adapter)]
+                path = os.path.join(output_dir, f"{stem}_{adapter}.png")
+                _heatmap(rows, xlabel, f"{title}, adapter '{adapter}'", path)
+                paths.append(path)
         return paths
+
+
+def _heatmap(rows: list[tuple[str, list[float]]], xlabel: str, title: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = torch.tensor([values for _, values in rows])
+    fig, ax = plt.subplots(figsize=(2 + 0.35 * data.shape[1], 1.2 + 0.3 * len(rows)))
+    image = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0)
+    ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=7)
+    ax.set_xticks(range(data.shape[1]))
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

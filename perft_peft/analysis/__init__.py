@@ -1,0 +1,5 @@
+"""Analyses from the papers: rank-level parameter importance of LoRA-like adapters (LoRACoE §2.2, Figures 3-4)."""
+
+from .importance import RankImportance, lora_factors, plot_rank_importance, rank_importance
+
+__all__ = ["RankImportance", "lora_factors", "plot_rank_importance", "rank_importance"]
