@@ -26,9 +26,14 @@ def num_experts(module: nn.Module) -> int | None:
     n = getattr(module, "num_experts", None)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         return None
-    if not any(p.dim() == 3 and p.shape[0] == n for p in module.parameters(recurse=False)):
+    if not any(len(shape) == 3 and shape[0] == n for shape in map(full_shape, module.parameters(recurse=False))):
         return None
     return n
+
+
+def full_shape(parameter: torch.Tensor) -> torch.Size:
+    """A parameter's real shape, also when DeepSpeed ZeRO-3 has partitioned it (then the tensor itself is empty)."""
+    return getattr(parameter, "ds_shape", parameter.shape)
 
 
 def receives_routing(module: nn.Module) -> bool:

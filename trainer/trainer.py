@@ -48,10 +48,24 @@ class PerftTrainerMixin:
             raise ValueError("loracoe_warmup_learning_rate is set without loracoe_warmup_steps/epochs.")
         if not any(isinstance(m, BaseTunerLayer) for m in model.modules()):
             raise ValueError("PerftTrainer trains PEFT adapters: wrap the model with get_peft_model first.")
+        self._keep_moe_blocks_out_of_zero3_leaves()
         self.routing = RoutingStats(model)
         self.loracoe_warmup_steps = 0  # resolved when the scheduler is created
         self._loss_sums: dict[str, list] = {}
         self.add_callback(_PerftCallback(self))
+
+    def _keep_moe_blocks_out_of_zero3_leaves(self) -> None:
+        """DeepSpeed ZeRO-3 treats the Mixtral / Qwen2-MoE / Qwen3-MoE blocks as "leaf" modules by default (it
+        gathers their parameters on entry and skips hooks inside). Parameters that an adapter adds inside such a
+        block then come back empty in backward (deepspeed 0.19). transformers 5 keeps all experts of a block in one
+        module, so the leaf buys little: unless the user configured leaf modules, turn the default off."""
+        plugin = getattr(getattr(self, "accelerator", None), "state", None)
+        plugin = getattr(plugin, "deepspeed_plugin", None)
+        if plugin is None:
+            return
+        zero = plugin.deepspeed_config.setdefault("zero_optimization", {})
+        if zero.get("stage") == 3 and "leaf_module" not in zero:
+            zero["leaf_module"] = {"classes": [], "names": [], "name_suffixes": []}
 
     def _arg(self, name: str):
         # None means unset: trl's SFTConfig has its own `router_aux_loss_coef` (the base model's), default None.
