@@ -11,6 +11,7 @@ setup(
     # `trainer/` is installed as `perft_peft.trainer`, so no generic top-level `trainer` module is installed.
     packages=find_packages(include=["perft_peft", "perft_peft.*"]) + ["perft_peft.trainer"],
     package_dir={"perft_peft.trainer": "trainer"},
+    package_data={"perft_peft.data": ["fixtures/*.json", "fixtures/eval/*.json"]},
     install_requires=[
         "torch>=2.6,<3",
         "transformers>=5.0,<6",
@@ -20,9 +21,11 @@ setup(
         "huggingface_hub>=1.0,<3",
         "tqdm>=4.60",
         "matplotlib>=3.7",  # routing / rank-usage plots
+        "datasets>=3",
+        "pyyaml>=6",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "datasets>=3", "trl>=1.0"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "trl>=1.0"],
         "deepspeed": ["deepspeed>=0.17,<1"],
     },
 )
