@@ -35,6 +35,11 @@ class ParameterAccounting:
                 f"% Act.: {self.pct_activated:.4f}")
 
 
+def _numel(parameter) -> int:
+    """Also right under DeepSpeed ZeRO-3, where a partitioned parameter's own tensor is empty."""
+    return getattr(parameter, "ds_numel", parameter.numel())
+
+
 def _model_config(model: nn.Module):
     while model is not None and not hasattr(model, "config"):
         model = getattr(model, "model", None)
@@ -52,7 +57,7 @@ def parameter_accounting(model: nn.Module) -> ParameterAccounting:
             for p in getattr(layer, attr).parameters():
                 adapter_ids.add(id(p))
                 if p.requires_grad:
-                    trainable, activated = trainable + p.numel(), activated + p.numel()
+                    trainable, activated = trainable + _numel(p), activated + _numel(p)
     for layer in (m for m in model.modules() if isinstance(m, PerftLayer)):
         for name, setting in layer.perft_setting.items():
             tensors = [layer.perft_A[name], layer.perft_B[name]]
@@ -60,24 +65,24 @@ def parameter_accounting(model: nn.Module) -> ParameterAccounting:
             adapter_ids.update(id(t) for t in tensors + ([router] if router is not None else []))
             if not tensors[0].requires_grad:
                 continue
-            experts = sum(t.numel() for t in tensors)
-            trainable += experts + (router.numel() if router is not None else 0)
+            experts = sum(_numel(t) for t in tensors)
+            trainable += experts + (_numel(router) if router is not None else 0)
             share = {"R": setting.top_k, "E": model_top_k}.get(setting.variant, setting.num_experts)
             if share is None:
                 raise ValueError("Cannot count PERFT-E's activated parameters: the model config does not say how "
                                  "many experts each token uses (num_experts_per_tok).")
-            activated += experts * share // setting.num_experts + (router.numel() if router is not None else 0)
+            activated += experts * share // setting.num_experts + (_numel(router) if router is not None else 0)
     base_total, skipped, seen = 0, 0.0, set(adapter_ids)  # `seen` also counts tied weights once
     for name, module in model.named_modules():
         own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
         seen.update(id(p) for p in own)
-        extra = sum(p.numel() for p in own if p.requires_grad)  # modules_to_save copies, unfrozen base weights
+        extra = sum(_numel(p) for p in own if p.requires_grad)  # modules_to_save copies, unfrozen base weights
         trainable, activated = trainable + extra, activated + extra
         if ".modules_to_save." in f".{name}.":
             continue  # a trainable copy of a base module, not part of the base model
-        base_total += sum(p.numel() for p in own)
+        base_total += sum(_numel(p) for p in own)
         n = moe.num_experts(module)
         if n is not None and model_top_k is not None:
-            per_expert = sum(p.numel() for p in own if p.dim() >= 2 and p.shape[0] == n)
+            per_expert = sum(_numel(p) for p in own if len(moe.full_shape(p)) >= 2 and moe.full_shape(p)[0] == n)
             skipped += per_expert * (n - model_top_k) / n
     return ParameterAccounting(trainable, activated, base_total, int(round(base_total - skipped)))

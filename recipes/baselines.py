@@ -1,0 +1,32 @@
+"""The papers' MoE-agnostic baselines with peft's own LoRA: on attention W_q, W_v; on the router W_g; on the
+expert weights (peft `target_parameters`).
+
+    python recipes/baselines.py --method lora_attn --model allenai/OLMoE-1B-7B-0924 --data commonsense_170k.json \\
+        --output_dir out/lora-qv
+    python recipes/baselines.py --tiny --method lora_experts --output_dir /tmp/run    # offline smoke run
+"""
+
+from pathlib import Path
+
+from peft import LoraConfig
+
+from perft_peft import recipe
+
+TARGETS = {
+    "lora_attn": dict(target_modules=["q_proj", "v_proj"]),
+    "lora_router": dict(target_modules=[], target_parameters=["mlp.gate.weight"]),
+    "lora_experts": dict(target_modules=[], target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]),
+}
+
+p = recipe.parser(__doc__, Path(__file__).parent / "configs" / "baselines.yaml")
+p.add_argument("--method", choices=sorted(TARGETS), help="where peft's LoRA goes")
+p.add_argument("--r", type=int)
+p.add_argument("--lora_alpha", type=int)
+p.add_argument("--lora_dropout", type=float)
+
+if __name__ == "__main__":
+    args = recipe.parse(p)
+    targets = TARGETS[args.method]
+    dropout = 0.0 if "target_parameters" in targets else args.lora_dropout  # peft's parameter LoRA has no dropout
+    config = LoraConfig(r=args.r, lora_alpha=args.lora_alpha, lora_dropout=dropout, task_type="CAUSAL_LM", **targets)
+    recipe.run(args, config)

@@ -1,0 +1,116 @@
+"""The recipes: --help, every recipe's --tiny run, flag errors, and the 2-process DeepSpeed ZeRO-3 run."""
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import AutoPeftModelForCausalLM
+from safetensors.torch import load_file
+
+from perft_peft import recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "recipes"
+FAST = ["--max_steps", "2", "--batch_size", "4", "--micro_batch_size", "2", "--gradient_checkpointing", "false",
+        "--probe_logits"]
+
+
+def _run(args, timeout=600, launcher=(sys.executable,)):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run([*launcher, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env,
+                            cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result.stdout + result.stderr
+
+
+def _check_adapter_matches_probe(output_dir: Path):
+    """The saved adapter, loaded in this plain process, reproduces the trained model's logits."""
+    config = json.loads((output_dir / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(output_dir / "tiny_base")
+    model = AutoPeftModelForCausalLM.from_pretrained(output_dir).eval()
+    probe = load_file(str(output_dir / "probe_logits.safetensors"))
+    with torch.no_grad():
+        logits = model(input_ids=probe["input_ids"]).logits
+    torch.testing.assert_close(logits, probe["logits"], atol=1e-5, rtol=1e-5)
+    return config
+
+
+@pytest.mark.parametrize("script", ["mixtral_perft_r", "olmoe_perft", "loracoe", "baselines"])
+def test_help(script):
+    parser = runpy.run_path(str(RECIPES / f"{script}.py"), run_name="help")["p"]
+    text = parser.format_help()
+    for flag in ("--model", "--data", "--output_dir", "--max_steps", "--tiny", "--push_to_hub", "--hub_model_id"):
+        assert flag in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, extra, peft_type", [
+    ("mixtral_perft_r", [], "PERFT"),
+    ("olmoe_perft", ["--variant", "E"], "PERFT"),
+    ("loracoe", [], "LORACOE"),
+    ("baselines", ["--method", "lora_attn"], "LORA"),
+    ("baselines", ["--method", "lora_router"], "LORA"),
+    ("baselines", ["--method", "lora_experts"], "LORA"),
+])
+def test_tiny_run(tmp_path, script, extra, peft_type):
+    out = tmp_path / "run"
+    _run([RECIPES / f"{script}.py", "--tiny", "--output_dir", out, *FAST, *extra])
+    config = _check_adapter_matches_probe(out)
+    assert config["peft_type"] == peft_type
+    assert json.loads((out / "run_info.json").read_text())["world_size"] == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tiny", "--output_dir", "x", "--push_to_hub"], "--push_to_hub needs --hub_model_id"),
+    (["--tiny", "--output_dir", "x", "--batch_size", "5", "--micro_batch_size", "2"], "not a multiple"),
+])
+def test_flag_errors(argv, message, capsys):
+    parser = runpy.run_path(str(RECIPES / "mixtral_perft_r.py"), run_name="errors")["p"]
+    with pytest.raises(SystemExit):
+        recipe.parse(parser, argv)
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("yaml_text, argv, message", [
+    ("learning_rat: 1.0e-4\n", ["--tiny"], "unknown keys: learning_rat"),
+    ("batch_size: 4\nmicro_batch_size: 2\n", [], "give --model"),
+])
+def test_config_file_errors(tmp_path, capsys, yaml_text, argv, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml_text)
+    parser = runpy.run_path(str(RECIPES / "mixtral_perft_r.py"), run_name="errors")["p"]
+    with pytest.raises(SystemExit):
+        recipe.parse(parser, [*argv, "--output_dir", "x", "--config", str(config)])
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_mixtral_perft_r_on_deepspeed_zero3_with_two_processes(tmp_path):
+    """The design card's command on 2 CPU processes. It guards the traps: gloo (else both ranks think they are
+    rank 0 and rank 1 overwrites the adapter with empty tensors), DeepSpeed's default MoE leaf modules (else
+    backward fails), saving gathered weights (else (0,)-shaped tensors), and partitioned parameters everywhere
+    (stage3_param_persistence_threshold 0 in the config)."""
+    out = tmp_path / "zero3"
+    log = _run([RECIPES / "mixtral_perft_r.py", "--tiny", "--max_steps", "4", "--output_dir", out,
+                "--probe_logits"], timeout=900,
+               launcher=("timeout", "840", sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                         RECIPES / "configs" / "accelerate_zero3_cpu.yaml", "--num_processes", "2"))
+    assert "[perft-peft] rank 0/2 ready" in log and "[perft-peft] rank 1/2 ready" in log
+    assert json.loads((out / "run_info.json").read_text())["world_size"] == 2
+    ds_config = json.loads((RECIPES / "configs" / "ds_zero3_cpu.json").read_text())
+    assert ds_config["zero_optimization"]["stage3_param_persistence_threshold"] == 0
+
+    tensors = load_file(str(out / "adapter_model.safetensors"))
+    D, M, r = 32, 8, 8
+    shapes = {"perft_A": (M, r, D), "perft_B": (M, D, r), "perft_router": (M, D)}
+    assert len(tensors) == 2 * 3
+    for key, value in tensors.items():
+        assert tuple(value.shape) == shapes[key.rsplit(".", 1)[-1]], key
+        if key.endswith("perft_B"):
+            assert torch.count_nonzero(value) > 0, f"{key} is still zero: not trained"
+    _check_adapter_matches_probe(out)
