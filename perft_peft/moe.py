@@ -53,19 +53,10 @@ def is_experts_module(module: nn.Module) -> bool:
 
 
 def find_experts_modules(model: nn.Module) -> list[str]:
-    """Qualified names of every experts module, skipping anything inside an already-injected tuner layer."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    """Qualified names of every experts module (an already-wrapped one counts as the module it wraps)."""
+    from .targets import base_modules
 
-    names, inside = [], []
-    for name, module in model.named_modules():
-        if any(name.startswith(p) for p in inside):
-            continue
-        if isinstance(module, BaseTunerLayer):
-            inside.append(name + ".")
-            module = module.get_base_layer()
-        if is_experts_module(module):
-            names.append(name)
-    return names
+    return [name for name, module in base_modules(model) if is_experts_module(module)]
 
 
 def hidden_size(module: nn.Module, model_config=None) -> int:

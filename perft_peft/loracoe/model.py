@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peft.tuners.tuners_utils import (BaseTuner, BaseTunerLayer, _maybe_include_all_linear_layers,
-                                     check_target_module_exists)
+from peft.tuners.tuners_utils import BaseTuner, _maybe_include_all_linear_layers
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
 from ..perft.model import check_adapter_name
+from ..targets import matched_targets
 from .config import LoraCoeConfig
 from .layer import PHASES, LoraCoeLayer
 from .warm_start import SavedLora, check_lora_fits, read_lora
@@ -56,18 +56,7 @@ class LoraCoeModel(BaseTuner):
                                      "(the paper adapts q_proj, k_proj, v_proj, up_proj, down_proj).")
                 config.target_modules = sorted(self.target_module_mapping[model_type])
         _maybe_include_all_linear_layers(config, model)
-        targets, inside = {}, []
-        for name, module in model.named_modules():
-            if not name or any(name.startswith(p) for p in inside):
-                continue
-            if isinstance(module, BaseTunerLayer):
-                inside.append(name + ".")
-                module = module.get_base_layer()
-            if check_target_module_exists(config, name):
-                targets[name] = module
-        if not targets:
-            raise ValueError(f"target_modules={config.target_modules!r} matched no module of "
-                             f"{type(model).__name__}.")
+        targets = matched_targets(model, config)
         not_linear = {name: type(module).__name__ for name, module in targets.items()
                       if not isinstance(module, nn.Linear)}
         if not_linear:

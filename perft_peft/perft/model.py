@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_module_exists
+from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from .. import moe
+from ..targets import matched_targets
 from .config import PerftConfig
 from .layer import PerftLayer
 
@@ -44,18 +45,7 @@ class PerftModel(BaseTuner):
                 raise ValueError(f"No MoE experts module found in {type(model).__name__}. PERFT searched for "
                                  f"{moe.SEARCHED_FOR}. Pass `target_modules` to name the modules explicitly.")
             config.target_modules = sorted({name.rsplit(".", 1)[-1] for name in experts})
-        targets, inside = [], []
-        for name, module in model.named_modules():
-            if not name or any(name.startswith(p) for p in inside):
-                continue
-            if isinstance(module, BaseTunerLayer):
-                inside.append(name + ".")
-                module = module.get_base_layer()
-            if check_target_module_exists(config, name):
-                targets.append((name, module))
-        if not targets:
-            raise ValueError(f"target_modules={config.target_modules!r} matched no module of "
-                             f"{type(model).__name__}.")
+        targets = list(matched_targets(model, config).items())
         model_config = getattr(model, "config", None)
         for name, module in targets:
             D = moe.hidden_size(module, model_config)
