@@ -22,6 +22,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",  # routing / rank-usage plots
         "datasets>=3",
+        "evaluate>=0.4,<0.5",  # the shipped accuracy metric (loaded by path, offline)
         "pyyaml>=6",
     ],
     extras_require={

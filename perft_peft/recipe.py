@@ -141,6 +141,7 @@ def run(args: argparse.Namespace, peft_config, **method_args):
     """Train ``peft_config`` on the base model and data the flags name; save (and push) the final adapter."""
     from peft import get_peft_model
 
+    from . import hub
     from .accounting import parameter_accounting
     from .trainer import PerftTrainer
 
@@ -150,8 +151,9 @@ def run(args: argparse.Namespace, peft_config, **method_args):
     tokenizer, base = load_tokenizer_and_model(model_path, training_args)
     dataset = load_training_data(args, tokenizer, training_args)
     model = get_peft_model(base, peft_config)
+    accounting = parameter_accounting(model)  # as configured: before the trainer may freeze a phase's parameters
     if training_args.process_index == 0:
-        print(f"[perft-peft] {parameter_accounting(model)}", flush=True)
+        print(f"[perft-peft] {accounting}", flush=True)
     trainer = PerftTrainer(model=model, args=training_args, train_dataset=dataset,
                            data_collator=make_collator(tokenizer), processing_class=tokenizer)
     resume = args.resume_from_checkpoint
@@ -161,9 +163,10 @@ def run(args: argparse.Namespace, peft_config, **method_args):
         save_probe_logits(trainer, tokenizer, args.output_dir)
     if trainer.is_world_process_zero():
         write_run_info(args, world_size=training_args.world_size)
-        if args.push_to_hub:
-            push_adapter(args.output_dir, args.hub_model_id)
-    trainer.accelerator.wait_for_everyone()
+        hub.save_accounting(accounting, args.output_dir)  # for the model card: the saved folder cannot give it
+    trainer.accelerator.wait_for_everyone()  # before pushing, so a failed push cannot leave other ranks waiting
+    if args.push_to_hub and trainer.is_world_process_zero():
+        hub.push_adapter(args.output_dir, args.hub_model_id)
     return trainer
 
 
@@ -179,18 +182,6 @@ def save_probe_logits(trainer, tokenizer, output_dir: str) -> None:
     if trainer.is_world_process_zero():
         save_file({"input_ids": batch["input_ids"].cpu(), "logits": logits},
                   os.path.join(output_dir, "probe_logits.safetensors"))
-
-
-def push_adapter(output_dir: str, repo_id: str) -> str:
-    """Upload the saved adapter folder (what save_model wrote, not the sharded in-memory weights)."""
-    from huggingface_hub import create_repo, upload_folder
-
-    create_repo(repo_id, exist_ok=True)
-    info = upload_folder(repo_id=repo_id, folder_path=output_dir,
-                         allow_patterns=["adapter_config.json", "adapter_model.safetensors", "README.md"],
-                         commit_message="Upload adapter trained with perft-peft")
-    print(f"[perft-peft] pushed to {repo_id}: {info}", flush=True)
-    return repo_id
 
 
 def write_run_info(args: argparse.Namespace, **extra) -> None:

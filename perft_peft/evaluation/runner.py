@@ -1,0 +1,88 @@
+"""``evaluate_benchmarks``: generate, extract, score through the shipped metric, tabulate."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from ..data import EVAL_REQUIRED_FIELDS, check_records, load_llm_adapters_dataset
+from .benchmarks import Benchmark, get_benchmark
+from .extraction import is_correct
+from .generation import generate_responses
+from .metric import load_accuracy_metric
+from .report import BenchmarkResult, EvalReport
+
+
+def evaluate_benchmarks(model, tokenizer, benchmarks: Mapping[str, str | os.PathLike | Sequence[Mapping]], *,
+                        batch_size: int = 8, max_new_tokens: int | None = None, num_beams: int | None = None,
+                        greedy: bool = False, limit: int | None = None, model_name: str | None = None,
+                        progress: bool = True) -> EvalReport:
+    """Evaluate ``model`` (a ``PeftModel`` or a plain causal LM) on LLM-Adapters test sets.
+
+    ``benchmarks`` maps a benchmark name (``"boolq"``, ``"siqa"``, ``"gsm8k"``: see ``BENCHMARKS``) to its test
+    set: a ``test.json`` path or directory (LLM-Adapters' ``dataset/<name>/``) or a sequence of records with
+    ``instruction`` and ``answer`` (and ``input`` / ``output``, as in the test files). Decoding defaults to each
+    benchmark's LLM-Adapters setting (4 beams; 32 or 256 new tokens); ``num_beams`` / ``max_new_tokens`` override
+    it for all, ``greedy=True`` means one beam. ``limit`` keeps each test set's first records (quick checks; the
+    numbers are then not the papers'). Every test set is loaded and checked before the first generation, so a bad
+    path fails in seconds rather than after hours of decoding.
+    """
+    check_settings(batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams, greedy=greedy,
+                   limit=limit)
+    if not benchmarks:
+        raise ValueError("No benchmarks to evaluate.")
+    test_sets = {}
+    for key, source in benchmarks.items():
+        benchmark = get_benchmark(key)
+        if benchmark.name in test_sets:
+            raise ValueError(f"{key!r} names {benchmark.name!r}, which is already in the benchmarks.")
+        test_sets[benchmark.name] = (benchmark, _load_records(benchmark, source, limit))
+    metrics = {}
+    results = {}
+    for benchmark, records in test_sets.values():
+        beams = 1 if greedy else num_beams or benchmark.num_beams
+        tokens = max_new_tokens or benchmark.max_new_tokens
+        responses = generate_responses(model, tokenizer, [r["instruction"] for r in records], num_beams=beams,
+                                       max_new_tokens=tokens, batch_size=batch_size, progress=progress,
+                                       desc=benchmark.label)
+        predictions = [benchmark.extract(response) for response in responses]
+        references = [r["answer"] for r in records]
+        if benchmark.numeric not in metrics:
+            metrics[benchmark.numeric] = load_accuracy_metric(benchmark.numeric)
+        score = metrics[benchmark.numeric].compute(predictions=predictions, references=references)
+        examples = [{"instruction": r["instruction"], "answer": r["answer"], "response": response,
+                     "prediction": prediction, "correct": is_correct(prediction, r["answer"],
+                                                                     numeric=benchmark.numeric)}
+                    for r, response, prediction in zip(records, responses, predictions)]
+        results[benchmark.name] = BenchmarkResult(benchmark.name, score["correct"], score["total"], beams, tokens,
+                                                  examples)
+    settings = {"batch_size": batch_size, "limit": limit, "greedy": greedy}
+    return EvalReport(results, model_name=model_name, settings=settings)
+
+
+def check_settings(*, batch_size, max_new_tokens, num_beams, greedy, limit) -> None:
+    """Raise ValueError for settings ``evaluate_benchmarks`` cannot honour (also run on flags, before loading)."""
+    if greedy and num_beams not in (None, 1):
+        raise ValueError(f"greedy decoding uses one beam; it contradicts num_beams={num_beams}.")
+    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("num_beams", num_beams),
+                        ("limit", limit)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}.")
+
+
+def _load_records(benchmark: Benchmark, source, limit: int | None) -> list[dict]:
+    """The test records as plain dicts (first ``limit``), checked; numeric answers must parse as numbers."""
+    if isinstance(source, (str, os.PathLike)):
+        records = list(load_llm_adapters_dataset(source, split="test", require_answer=True))
+    else:
+        records = [dict(r) for r in source]
+        check_records(records, EVAL_REQUIRED_FIELDS, source=benchmark.name)
+    records = records[:limit]
+    if benchmark.numeric:
+        for index, record in enumerate(records):
+            try:
+                float(record["answer"])
+            except (TypeError, ValueError):
+                raise ValueError(f"{benchmark.name}: record {index} has answer {record['answer']!r}, which is not a "
+                                 "number.") from None
+    return records

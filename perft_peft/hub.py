@@ -1,0 +1,239 @@
+"""Sharing adapters on the Hugging Face Hub with a model card that says what they are.
+
+peft writes a generic card when it saves an adapter, and transformers 5's ``push_to_hub`` (which ``PeftModel``
+inherits) replaces it by transformers' own generic card — or keeps whatever card the repo already has. Neither
+knows the method, its configuration, the paper's parameter accounting or that ``import perft_peft`` must come
+first. ``push_adapter`` (a saved folder) and ``push_to_hub`` (a model in memory) upload the adapter with our card
+in one commit, so ours is what lands.
+
+The accounting needs the trained model, which a saved folder does not have: the recipes record it at save time
+in ``accounting.json`` beside the adapter (``save_accounting``), and the card reads it from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import httpx  # httpx2 under huggingface_hub 2.x, httpx under 1.x
+from peft import PeftConfig
+
+from . import __version__
+from .accounting import ParameterAccounting, parameter_accounting
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ACCOUNTING_FILE = "accounting.json"
+EVAL_RESULTS_FILE = "eval_results.md"
+DEFAULT_COMMIT_MESSAGE = "Upload adapter trained with perft-peft"
+
+_PERFT_VARIANTS = {
+    "R": "{num_experts} PEFT experts with their own top-{top_k} router, in parallel with each MoE block",
+    "E": "one PEFT expert inside each of the model's experts, reusing the model's router",
+    "D": "{num_experts} always-on shared PEFT experts in parallel with each MoE block",
+    "S": "one shared PEFT expert in parallel with each MoE block",
+}
+_LORACOE_CONSTRUCTIONS = {
+    "composition": ("LoRACoE", "{num_experts} composite experts re-weight the rank-1 parts of one rank-{r} LoRA "
+                               "per token"),
+    "partition": ("LoRAMoE (partition baseline)", "a router weights {num_experts} groups of the ranks of one "
+                                                  "rank-{r} LoRA per token"),
+}
+
+
+class HubPushError(RuntimeError):
+    """A push that failed on the way to or on the Hub; the message says why and what was left as it was."""
+
+
+def save_accounting(accounting: ParameterAccounting, output_dir: str | os.PathLike) -> None:
+    """Record # Act. / % Act. beside the adapter, for the card (the saved folder alone cannot give them)."""
+    record = {**dataclasses.asdict(accounting), "pct_activated": accounting.pct_activated}
+    _write_atomic(Path(output_dir) / ACCOUNTING_FILE, json.dumps(record, indent=2) + "\n")
+
+
+def load_accounting(output_dir: str | os.PathLike) -> ParameterAccounting | None:
+    """The accounting ``save_accounting`` recorded in ``output_dir``, or None."""
+    path = Path(output_dir) / ACCOUNTING_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return ParameterAccounting(**{f.name: record[f.name] for f in dataclasses.fields(ParameterAccounting)})
+
+
+def model_card(source, *, repo_id: str | None = None, accounting: ParameterAccounting | None = None,
+               eval_results: str | None = None) -> ModelCard:
+    """Our card for an adapter: ``source`` is a folder written by ``save_pretrained`` / ``Trainer.save_model``
+    (accounting and evaluation table read from its ``accounting.json`` / ``eval_results.md`` unless given) or a
+    ``PeftModel`` (accounting computed from its trainable parameters). ``base_model`` is the adapter config's
+    ``base_model_name_or_path``, the same value ``AutoPeftModelForCausalLM`` loads; ``repo_id`` goes into the
+    loading snippet."""
+    if isinstance(source, (str, os.PathLike)):
+        folder = Path(source)
+        if not (folder / ADAPTER_FILES[0]).is_file():
+            raise FileNotFoundError(f"{folder} has no {ADAPTER_FILES[0]}: give the folder save_pretrained or "
+                                    "Trainer.save_model wrote the adapter to.")
+        config = PeftConfig.from_pretrained(str(folder))
+        accounting = accounting or load_accounting(folder)
+        if eval_results is None and (folder / EVAL_RESULTS_FILE).is_file():
+            eval_results = (folder / EVAL_RESULTS_FILE).read_text()
+    else:
+        config = source.peft_config[source.active_adapter]
+        accounting = accounting or parameter_accounting(source)
+    base_model = config.base_model_name_or_path or None  # a model built from a config has none
+    peft_type = _value(config.peft_type)
+    tag, name, description = _method(config, peft_type)
+    data = ModelCardData(library_name="peft", base_model=base_model, tags=[tag, "peft", "moe"],
+                         pipeline_tag="text-generation" if _value(config.task_type) == "CAUSAL_LM" else None)
+    versions = f"perft-peft {__version__}" + (f" and peft {config.peft_version}" if config.peft_version else "")
+    sections = [
+        f"# {repo_id.split('/')[-1] if repo_id else f'{name} adapter'}",
+        f"A **{name}** adapter" + (f" for `{base_model}`" if base_model else "")
+        + (f": {description}" if description else "")
+        + f". Made with {versions}.",
+        "## Method and configuration\n\n" + _config_table(config),
+        "## Parameters\n\n" + _accounting_text(accounting),
+        "## How to load\n\n" + _usage(base_model or "<base model>", repo_id or "<user>/<repo>", peft_type),
+    ]
+    if eval_results:
+        sections.append("## Evaluation\n\n" + eval_results.strip())
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
+
+
+def push_adapter(output_dir: str | os.PathLike, repo_id: str, *, revision: str | None = None,
+                 private: bool | None = None, commit_message: str = DEFAULT_COMMIT_MESSAGE,
+                 token: str | None = None):
+    """Upload the adapter saved in ``output_dir`` (adapter_config.json, adapter_model.safetensors) with our card
+    as README.md, in one commit to ``repo_id`` (created if missing, ``private`` then applies; ``revision``: a
+    branch, created from main if missing; ``token``: default the saved login or ``HF_TOKEN``).
+
+    Returns the ``CommitInfo``; its ``oid`` is the revision to pin when loading. Only after the commit succeeded
+    is the card written to ``output_dir/README.md`` (replacing peft's), so the folder matches the repo; a failed
+    push raises ``HubPushError`` and leaves ``output_dir`` exactly as it was.
+    """
+    folder = Path(output_dir)
+    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} has no {' or '.join(missing)}: push_adapter uploads a folder written by "
+                                "save_pretrained or Trainer.save_model.")
+    card = str(model_card(folder, repo_id=repo_id))
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in ADAPTER_FILES]
+    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        commit = api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision)
+    except Exception as exc:
+        reason = _http_failure(exc, repo_id)
+        if reason is None:
+            raise
+        raise HubPushError(
+            f"Pushing {folder} to {repo_id} on {api.endpoint} failed: {reason}. {folder} is unchanged. A Hub commit "
+            f"is all or nothing, so {repo_id} holds either all of this adapter or none of it; push again once that "
+            "is fixed."
+        ) from exc
+    _write_atomic(folder / "README.md", card)
+    print(f"[perft-peft] pushed {folder} to {repo_id}: commit {commit.oid}", flush=True)
+    return commit
+
+
+def push_to_hub(model, repo_id: str, *, revision: str | None = None, private: bool | None = None,
+                commit_message: str = DEFAULT_COMMIT_MESSAGE, eval_results: str | None = None,
+                token: str | None = None):
+    """``model.push_to_hub(repo_id)`` for a ``PeftModel``, with our card (see the module docstring for why
+    transformers' own does not give it). Pushes the active adapter; the accounting comes from the model's trainable
+    parameters, so push the model you trained (or one loaded with ``is_trainable=True``). Returns the
+    ``CommitInfo``."""
+    adapter = model.active_adapter
+    with tempfile.TemporaryDirectory(prefix="perft-push-") as tmp:
+        model.save_pretrained(tmp, selected_adapters=[adapter])
+        folder = Path(tmp) if adapter == "default" else Path(tmp) / adapter  # where peft saves other adapters
+        save_accounting(parameter_accounting(model), folder)
+        if eval_results is not None:
+            (folder / EVAL_RESULTS_FILE).write_text(eval_results)
+        return push_adapter(folder, repo_id, revision=revision, private=private, commit_message=commit_message,
+                            token=token)
+
+
+def _method(config, peft_type: str) -> tuple[str, str, str | None]:
+    """The card's tag, the method's name and a one-line description of what it adds to the model."""
+    fields = config.to_dict()
+    if peft_type == "PERFT":
+        return "perft", f"PERFT-{config.variant}", _PERFT_VARIANTS[config.variant].format(**fields)
+    if peft_type == "LORACOE":
+        name, description = _LORACOE_CONSTRUCTIONS[config.construction]
+        return "loracoe", name, description.format(**fields)
+    return peft_type.lower(), f"peft {peft_type}", None
+
+
+def _config_table(config) -> str:
+    """The method's own fields (peft's bookkeeping fields left out, except the type), unset ones skipped."""
+    common = {f.name for f in dataclasses.fields(PeftConfig)}
+    fields = {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in config.to_dict().items()}
+    rows = [(k, v) for k, v in fields.items() if k not in common and v not in (None, [], {})]
+    rows += [(k, _value(getattr(config, k))) for k in ("peft_type", "task_type") if getattr(config, k)]
+    return "\n".join(["| field | value |", "|---|---|"] + [f"| `{k}` | {_cell(v)} |" for k, v in rows])
+
+
+def _cell(value) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(_value(value))
+    return "`" + text.replace("|", "\\|") + "`"  # a regex in target_modules must not split the table row
+
+
+def _value(x):
+    """An enum's value (peft's PeftType / TaskType), anything else as it is."""
+    return getattr(x, "value", x)
+
+
+def _accounting_text(accounting: ParameterAccounting | None) -> str:
+    if accounting is None or accounting.trainable == 0:
+        return ("Not recorded: the recipes write `accounting.json` at save time; `perft_peft.hub.push_to_hub(model, "
+                "...)` computes it from the trained model.")
+    return ("| trainable params | # Act. (activated trainable per token) | base activated params | % Act. |\n"
+            "|---|---|---|---|\n"
+            f"| {accounting.trainable:,} | {accounting.activated_trainable:,} | {accounting.base_activated:,} | "
+            f"{accounting.pct_activated:.4f} |\n\n"
+            "As in the PERFT paper: # Act. counts the adapter parameters a token uses, % Act. their ratio to the "
+            "base model's activated parameters (all but the routed experts a token skips).")
+
+
+def _usage(base_model: str, repo_id: str, peft_type: str) -> str:
+    key_error = (f"  # first: registers {peft_type} with peft (else KeyError: '{peft_type}')"
+                 if peft_type in ("PERFT", "LORACOE") else "")
+    return (f"```python\nimport perft_peft{key_error}\n"
+            "from peft import AutoPeftModelForCausalLM, PeftModel\n"
+            "from transformers import AutoModelForCausalLM\n\n"
+            f'base = AutoModelForCausalLM.from_pretrained("{base_model}")\n'
+            f'model = PeftModel.from_pretrained(base, "{repo_id}")  # revision="<commit sha>" pins a version\n'
+            f'# or: AutoPeftModelForCausalLM.from_pretrained("{repo_id}"), or base.load_adapter("{repo_id}")\n```')
+
+
+def _http_failure(exc: BaseException, repo_id: str) -> str | None:
+    """What went wrong, in words, if ``exc`` (or what caused it) is an HTTP failure; None otherwise."""
+    while exc is not None and not isinstance(exc, httpx.HTTPError):
+        exc = exc.__cause__ or exc.__context__
+    if exc is None:
+        return None
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        status = exc.response.status_code
+        detail = exc.server_message or str(exc).strip().splitlines()[0]
+        if status in (401, 403):
+            return (f"the Hub refused the token ({status}: {detail}); set HF_TOKEN or run `hf auth login` with a "
+                    f"token that may write to {repo_id.split('/')[0]}")
+        return f"the Hub answered {status}: {detail}"
+    return f"the connection to the Hub failed or was lost ({type(exc).__name__}: {str(exc).rstrip('.')})"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` in one step: an interrupted write leaves the old file, never half of the new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
