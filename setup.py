@@ -26,7 +26,8 @@ setup(
         "pyyaml>=6",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "trl>=1.0"],
+        # dev runs the whole suite, including the 2-process DeepSpeed ZeRO-3 recipe test and the trl mixin test
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "trl>=1.0", "deepspeed>=0.17,<1"],
         "deepspeed": ["deepspeed>=0.17,<1"],
     },
 )
