@@ -65,10 +65,27 @@ def layers(model):
     return [m for m in model.modules() if isinstance(m, LoraCoeLayer)]
 
 
-def randomise_routers(model):
+def randomise_routers(model, std=1.0):
     for layer in layers(model):
         for p in layer.loracoe_router.values():
-            torch.nn.init.normal_(p, std=1.0)
+            torch.nn.init.normal_(p, std=std)
+
+
+def capture_io(model):
+    """Forward hooks record each LoRACoE layer's input and output: {layer: (x, y)} of the last forward."""
+    captured = {}
+
+    def hook(module, args, output):
+        captured[module] = (args[0].detach(), output.detach())
+    for layer in layers(model):
+        layer.register_forward_hook(hook)
+    return captured
+
+
+def adapter_term(layer, x):
+    """What the layer adds to its base Linear on input x: output minus base output."""
+    with torch.no_grad():
+        return layer(x) - layer.base_layer(x)
 
 
 def adapter_tensors(path):
@@ -121,6 +138,24 @@ def test_output_equals_formula(construction, scale, ids, tmp_path):
     assert all(t["loracoe_router"].abs().sum() > 0 and t["loracoe_B"].abs().sum() > 0 for t in by_module.values())
     expected = reference_logits(tiny_llama(), ids, config, by_module)
     assert not torch.allclose(out, base_out, atol=1e-4), "the adapter must change the output"
+    torch.testing.assert_close(out, expected.to(out.dtype), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("construction", ["composition", "partition"])
+def test_dropout_only_in_training(construction, ids, tmp_path):
+    """lora_dropout acts in train() only: two training forwards differ, eval() follows the formula exactly."""
+    config = coe_config(construction, init_weights=False, lora_dropout=0.5)
+    model = get_peft_model(tiny_llama(), config)
+    randomise_routers(model)
+    model.train()
+    first, second = logits(model, ids), logits(model, ids)
+    with model.disable_adapter():  # the base model itself is deterministic in train() mode
+        torch.testing.assert_close(logits(model, ids), logits(model, ids), atol=0, rtol=0)
+    assert not torch.allclose(first, second, atol=1e-4), "dropout must act in train() mode"
+    model.eval()
+    out = logits(model, ids)
+    model.save_pretrained(tmp_path)
+    expected = reference_logits(tiny_llama(), ids, config, adapter_tensors(tmp_path))
     torch.testing.assert_close(out, expected.to(out.dtype), atol=2e-5, rtol=1e-4)
 
 
@@ -204,12 +239,27 @@ def test_switch_to_joint_with_zero_router_changes_nothing(construction, ids):
     set_loracoe_phase(model, "joint")
     torch.testing.assert_close(logits(model, ids), warmup)
 
-    literal = get_peft_model(tiny_llama(), coe_config(construction, "none", init_weights=False))
+    # kappa = 1 (the paper's literal formula) with a zero router: c = 1/r (composition) or 1/E (partition), so
+    # at every adapted Linear the term is the warmed-up LoRA's divided by r or E.
+    config = coe_config(construction, "none", init_weights=False)
+    literal = get_peft_model(tiny_llama(), config)
     with torch.no_grad():
         for mine, theirs in zip(layers(model), layers(literal)):
             theirs.loracoe_A["default"].copy_(mine.loracoe_A["default"])
             theirs.loracoe_B["default"].copy_(mine.loracoe_B["default"])
-    assert not torch.allclose(logits(literal, ids), warmup, atol=1e-4), "kappa=1 scales the update at the switch"
+    captured = capture_io(literal)
+    logits(literal, ids)
+    set_loracoe_phase(model, "warmup")
+    divisor = config.r if construction == "composition" else config.num_experts
+    assert len(captured) == len(layers(model)) == 2 * len(TARGETS)
+    for mine, theirs in zip(layers(model), layers(literal)):
+        x, y = captured[theirs]
+        with torch.no_grad():
+            literal_term = y - theirs.base_layer(x)
+        warmup_term = adapter_term(mine, x)
+        assert warmup_term.abs().max() > 1e-2
+        # Only float32 rounding of y = base + term separates the two (|y| < 1 here: ulp <= 6e-8).
+        torch.testing.assert_close(literal_term, warmup_term / divisor, atol=1e-6, rtol=1e-6)
 
 
 # -- warm start from a saved LoRA -------------------------------------------------------------------------------------
@@ -456,12 +506,29 @@ def test_multi_adapter_disable_unload_generate(ids):
     torch.testing.assert_close(logits(unloaded, ids), base_out)
 
 
-def test_bf16_model(ids):
-    model = get_peft_model(tiny_llama().to(torch.bfloat16), coe_config(init_weights=False))
-    randomise_routers(model)
+@pytest.mark.parametrize("construction", ["composition", "partition"])
+def test_bf16_model_computes_the_term_in_float32(construction, ids):
+    """In a bf16 model the adapter (A, B, router: float32) computes its term in float32 from the bf16 input: the
+    only error allowed is bf16 rounding of the layer's output (of the term, then of base + term)."""
+    config = coe_config(construction, init_weights=False)
+    model = get_peft_model(tiny_llama().to(torch.bfloat16), config)
+    randomise_routers(model, std=4.0)  # logits of ~20: bf16 rounding of them would move the softmax by ~1e-2
+    captured = capture_io(model)
     out = logits(model, ids)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-    assert all(layer.loracoe_router["default"].dtype == torch.float32 for layer in layers(model))
+    assert len(captured) == 2 * len(TARGETS)
+    for layer, (x, y) in captured.items():
+        tensors = {k: getattr(layer, k)["default"].detach() for k in ("loracoe_A", "loracoe_B", "loracoe_router")}
+        assert x.dtype == y.dtype == torch.bfloat16 and all(t.dtype == torch.float32 for t in tensors.values())
+        expected = reference_term(x, tensors, config).reshape(y.shape)  # float64
+        with torch.no_grad():
+            term = y.double() - layer.base_layer(x).double()  # exact: a difference of two bf16 numbers
+        # bf16's unit roundoff is u = 2^-8: |fl(base + fl(t)) - base - t| <= u (|t| + |y|). 5% slack, and 1e-6 for
+        # the float32 term's own error. A bf16 [A; R] GEMM exceeds this by ~1e-2 (its logits are ~0.1 off).
+        tolerance = 1.05 * 2.0**-8 * (expected.abs() + y.double().abs()) + 1e-6
+        assert expected.abs().max() > 0.1
+        excess = (term - expected).abs() - tolerance
+        assert (excess <= 0).all(), f"{excess.max():.3g} above bf16 output rounding"
 
 
 # -- parameter accounting -------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from .conftest import base_model
     (dict(variant="E", num_experts=4), "PERFT-E does not take `num_experts`"),
     (dict(variant="E", top_k=1), "PERFT-E does not take `top_k`"),
     (dict(variant="S", num_experts=2), "PERFT-S does not take `num_experts`"),
+    (dict(variant="S", top_k=1), "PERFT-S does not take `top_k`"),
     (dict(variant="D", top_k=2), "PERFT-D activates all its experts"),
     (dict(r=0), "r must be a positive integer"),
     (dict(r=-4), "r must be a positive integer"),

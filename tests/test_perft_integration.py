@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from peft import AutoPeftModelForCausalLM, PeftConfig, PeftModel, get_peft_model
+from peft import AutoPeftModelForCausalLM, PeftConfig, PeftModel, PeftType, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -30,16 +30,21 @@ def _logits(model, ids):
         return model(ids).logits
 
 
-@pytest.mark.parametrize("variant", ["R", "E", "D", "S"])
-@pytest.mark.parametrize("family", FAMILIES)
-def test_save_load_roundtrip(family, variant, input_ids, tmp_path):
-    model = _trained_like(get_peft_model(base_model(family), PerftConfig(variant=variant, r=4,
-                                                                         **VARIANT_KWARGS[variant])))
+VARIANTS = ["R", "E", "D", "S"]
+
+
+# LoRA experts on every family; parallel-adapter experts (a non-identity activation) on one.
+@pytest.mark.parametrize("family, variant, expert_type", [(f, v, "lora") for f in FAMILIES for v in VARIANTS]
+                         + [("mixtral", v, "adapter") for v in VARIANTS])
+def test_save_load_roundtrip(family, variant, expert_type, input_ids, tmp_path):
+    model = _trained_like(get_peft_model(base_model(family), PerftConfig(
+        variant=variant, r=4, expert_type=expert_type, adapter_act="gelu", **VARIANT_KWARGS[variant])))
     expected = _logits(model, input_ids)
     model.save_pretrained(tmp_path)
 
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     assert saved["peft_type"] == "PERFT" and saved["variant"] == variant
+    assert (saved["expert_type"], saved["adapter_act"]) == (expert_type, "gelu")
     tensors = load_file(str(tmp_path / "adapter_model.safetensors"))
     D, N, r = 32, 8, 4
     M = {"R": 4, "E": N, "D": 3, "S": 1}[variant]
@@ -52,6 +57,8 @@ def test_save_load_roundtrip(family, variant, input_ids, tmp_path):
     for kwargs in ({}, {"low_cpu_mem_usage": True}, {"is_trainable": True}):
         loaded = PeftModel.from_pretrained(base_model(family), tmp_path, **kwargs)
         torch.testing.assert_close(_logits(loaded, input_ids), expected, atol=0, rtol=0)
+        config = loaded.peft_config["default"]
+        assert (config.variant, config.expert_type, config.adapter_act) == (variant, expert_type, "gelu")
         trainable = [p.requires_grad for n, p in loaded.named_parameters() if "perft_" in n]
         assert all(trainable) if kwargs.get("is_trainable") else not any(trainable)
 
@@ -97,7 +104,10 @@ def test_multiple_adapters(input_ids, tmp_path):
     model.delete_adapter("second")
     assert "second" not in model.peft_config
     assert all("second" not in n for n, _ in model.named_parameters())
-    assert only_first.shape == _logits(model, input_ids).shape
+    after_delete = _logits(model, input_ids)
+    assert not torch.allclose(after_delete, only_first)  # "default" kept its new (post-_trained_like) values
+    torch.testing.assert_close(after_delete, first, atol=0, rtol=0)  # "default" is active again, alone
+    assert model.active_adapter == "default"
 
 
 def test_disable_unload_generate(input_ids):
@@ -112,6 +122,11 @@ def test_disable_unload_generate(input_ids):
         torch.testing.assert_close(_logits(model, input_ids), base_logits, atol=0, rtol=0)
     tokens = model.generate(input_ids=input_ids, max_new_tokens=5, do_sample=False)
     assert tokens.shape == (2, 12)
+    by_hand = input_ids  # greedy decoding with the adapter's full forward, no cache
+    for _ in range(5):
+        by_hand = torch.cat([by_hand, _logits(model, by_hand)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(tokens, by_hand)
+    assert not torch.equal(tokens, base_tokens), "the trained adapter must change what is generated"
     assert not any(layer.router_records for layer in model.modules() if isinstance(layer, PerftLayer))
 
     unloaded = model.unload()
@@ -132,9 +147,20 @@ def test_merge_and_unload_refuses_and_keeps_model(input_ids):
 
 
 def test_reimport_is_idempotent():
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+
     importlib.reload(perft_peft)
     importlib.reload(perft_peft)
     assert PerftConfig.__name__ in dir(perft_peft)
+    members = list(PeftType)
+    assert members.count(PeftType.PERFT) == 1 and members.count(PeftType.LORACOE) == 1
+    assert [m.value for m in members].count("PERFT") == 1 and [m.value for m in members].count("LORACOE") == 1
+    assert PEFT_TYPE_TO_TUNER_MAPPING[PeftType.PERFT] is perft_peft.PerftModel
+    assert PEFT_TYPE_TO_TUNER_MAPPING[PeftType.LORACOE] is perft_peft.LoraCoeModel
+    assert PEFT_TYPE_TO_CONFIG_MAPPING[PeftType.PERFT] is perft_peft.PerftConfig
+    assert PEFT_TYPE_TO_CONFIG_MAPPING[PeftType.LORACOE] is perft_peft.LoraCoeConfig
+    assert (PEFT_TYPE_TO_PREFIX_MAPPING[PeftType.PERFT], PEFT_TYPE_TO_PREFIX_MAPPING[PeftType.LORACOE]) == (
+        "perft_", "loracoe_")
     assert get_peft_model(base_model(), perft_peft.PerftConfig(variant="S")) is not None
 
 

@@ -1,7 +1,6 @@
 """PerftTrainer: router losses, the LoRACoE two-phase schedule, exact resume, telemetry."""
 
 import json
-import os
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ from datasets import Dataset
 from peft import get_peft_model
 from safetensors.torch import load_file
 
-from perft_peft import LoraCoeConfig, PerftConfig, PerftLayer
+from perft_peft import LoraCoeConfig, PerftConfig
 from perft_peft.trainer import PerftTrainer, PerftTrainingArguments
 
 from perft_peft.testing import tiny_tokenizer
@@ -142,12 +141,26 @@ class _RecordRouter:
         return Callback()
 
 
+def _base_params(model, adapter_prefix):
+    """The base model's parameters inside a peft model, under the base model's own names."""
+    return {n.replace("base_model.model.", "").replace(".base_layer", ""): p.detach()
+            for n, p in model.named_parameters() if adapter_prefix not in n}
+
+
 def test_loracoe_two_phases(tmp_path):
     model = _loracoe_model()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a nonzero router, so that "untouched" and "reset to zero" can be told apart
+        for name, p in model.named_parameters():
+            if "loracoe_router" in name:
+                p.normal_(std=0.5, generator=generator)
+    routers_before = list(_params(model, "loracoe_router").values())  # the order the callback records them in
+    base_before = _params(base_model(), "")
     record = _RecordRouter()
     trainer = PerftTrainer(model=model, args=_args(tmp_path, max_steps=5, loracoe_warmup_steps=2,
                                                    loracoe_warmup_learning_rate=3e-2, learning_rate=1e-2,
-                                                   lr_scheduler_type="linear"), train_dataset=_dataset())
+                                                   lr_scheduler_type="linear", weight_decay=0.1),
+                           train_dataset=_dataset())
     trainer.add_callback(record(trainer))
     trainer.train()
     lrs = [h["learning_rate"] for h in trainer.state.log_history if "loss" in h]
@@ -156,8 +169,14 @@ def test_loracoe_two_phases(tmp_path):
     phases = [h["loracoe/joint_phase"] for h in trainer.state.log_history if "loss" in h]
     assert phases == [0, 0, 1, 1, 1]
     step1, step2 = record.steps[0], record.steps[1]
-    assert not step1[2] and all(torch.count_nonzero(p) == 0 for p in step2[1]), "warmup leaves the router at 0"
-    assert record.steps[-1][2] and any(torch.count_nonzero(p) > 0 for p in record.steps[-1][1]), "joint trains it"
+    assert len(routers_before) == len(step2[1]) == 4
+    assert not step1[2] and not step2[2], "the router is frozen during warmup"
+    assert all(torch.equal(p, q) for p, q in zip(step2[1], routers_before)), "warmup leaves the router untouched"
+    assert record.steps[-1][2], "the router is trainable in the joint phase"
+    assert all(not torch.allclose(p, q) for p, q in zip(record.steps[-1][1], routers_before)), "joint trains it"
+    base_after = _base_params(model, "loracoe_")
+    assert base_after.keys() == base_before.keys()
+    assert all(torch.equal(base_after[n], base_before[n]) for n in base_before), "the base model never changes"
     usage = json.loads((tmp_path / "routing_stats.json").read_text())["loracoe"]
     assert sorted(usage) == sorted(f"layers.{i}.self_attn.{t}/default" for i in (0, 1) for t in LORACOE_TARGETS)
     for entry in usage.values():  # kappa = r: c averages to 1 over the ranks; only joint steps are counted
