@@ -235,3 +235,14 @@ def test_mixin_with_trl_sft_trainer(tmp_path):
                               processing_class=tiny_tokenizer())
     trainer.train()
     assert "aux_loss/perft_balance" in trainer.state.log_history[0]
+
+
+def test_bf16_autocast_keeps_router_math_in_float32(tmp_path):
+    from perft_peft import router_records
+
+    model = _perft_model()
+    trainer = PerftTrainer(model=model, args=_args(tmp_path, bf16=True, max_steps=2), train_dataset=_dataset())
+    trainer.train()
+    assert trainer.state.log_history[0]["aux_loss/perft_balance"] > 0
+    records = router_records(model)
+    assert records and all(r.logits.dtype == torch.float32 for r in records)

@@ -160,7 +160,8 @@ class PerftLayer(nn.Module, BaseTunerLayer):
         if setting.variant in ("D", "S"):
             return _dense_experts(x, A, B, act, gates=None) * setting.scaling
         if setting.variant == "R":
-            logits = F.linear(h.float(), self.perft_router[name].float())  # router math in float32
+            with torch.autocast(h.device.type, enabled=False):  # router math in float32, also under autocast
+                logits = F.linear(h.float(), self.perft_router[name].float())
             probs = logits.softmax(dim=-1)
             weights, index = probs.topk(setting.top_k, dim=-1)
             record_logits = logits
