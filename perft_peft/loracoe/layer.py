@@ -10,7 +10,6 @@ is skipped: c = 1, a plain LoRA, which is also the only state that can be merged
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
+from ..init import init_lora_factors
 from .config import LoraCoeConfig
 
 PHASES = ("warmup", "joint")
@@ -82,17 +82,12 @@ class LoraCoeLayer(nn.Module, BaseTunerLayer):
         factory = {"device": self.base_layer.weight.device, "dtype": torch.float32}
         A = torch.empty(r, d_in, **factory)
         B = torch.empty(d_out, r, **factory)
-        with torch.no_grad():
-            if init is not None:
+        if init is not None:
+            with torch.no_grad():
                 A.copy_(init[0])
                 B.copy_(init[1])
-            else:
-                # peft LoRA's Kaiming-uniform(a=sqrt(5)) over a [r, d_in] matrix is U(-1/sqrt(d_in), 1/sqrt(d_in)).
-                A.uniform_(-1 / math.sqrt(d_in), 1 / math.sqrt(d_in))
-                if config.init_weights:
-                    B.zero_()
-                else:
-                    B.uniform_(-1 / math.sqrt(r), 1 / math.sqrt(r))
+        else:
+            init_lora_factors(A, B, config.init_weights)
         self.loracoe_A[adapter_name] = nn.Parameter(A)
         self.loracoe_B[adapter_name] = nn.Parameter(B)
         # Zero router: uniform weights, so with composition_scale="rank" the joint phase starts as the LoRA.

@@ -15,7 +15,6 @@ sparsely (tokens sorted by expert, two grouped GEMMs), whichever is cheaper for 
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +24,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from .. import moe
+from ..init import init_lora_factors
 from .config import PerftConfig
 
 # The sparse (grouped GEMM) path pays for sorting and gathering tokens; it wins once M/K exceeds this ratio.
@@ -107,13 +107,7 @@ class PerftLayer(nn.Module, BaseTunerLayer):
         factory = {"device": reference.device if reference is not None else None, "dtype": torch.float32}
         A = torch.empty(M, r, D, **factory)
         B = torch.empty(M, D, r, **factory)
-        with torch.no_grad():
-            # peft LoRA's Kaiming-uniform(a=sqrt(5)) over a [r, D] matrix is U(-1/sqrt(D), 1/sqrt(D)).
-            A.uniform_(-1 / math.sqrt(D), 1 / math.sqrt(D))
-            if config.init_weights:
-                B.zero_()
-            else:
-                B.uniform_(-1 / math.sqrt(r), 1 / math.sqrt(r))
+        init_lora_factors(A, B, config.init_weights)
         self.perft_A[adapter_name] = nn.Parameter(A)
         self.perft_B[adapter_name] = nn.Parameter(B)
         if variant == "R":
