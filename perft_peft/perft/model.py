@@ -39,8 +39,8 @@ class PerftModel(BaseTuner):
 
     def _resolve_targets(self, model: nn.Module, config: PerftConfig) -> None:
         """Fill target_modules when unset, check every target fits the config and the model; raise otherwise."""
-        experts = moe.find_experts_modules(model)
         if config.target_modules is None:
+            experts = moe.find_experts_modules(model)
             if not experts:
                 raise ValueError(f"No MoE experts module found in {type(model).__name__}. PERFT searched for "
                                  f"{moe.SEARCHED_FOR}. Pass `target_modules` to name the modules explicitly.")
