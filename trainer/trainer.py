@@ -91,9 +91,12 @@ class PerftTrainerMixin:
         # When the model loss is normalised over the whole accumulated batch (num_items_in_batch), the Trainer
         # does not divide by the accumulation steps, so per-micro-batch terms are divided here: every term ends
         # up as its mean over the micro-batches of one optimizer step.
-        per_step = 1.0
-        if self.model_accepts_loss_kwargs and num_items_in_batch is not None or self.compute_loss_func is not None:
-            per_step = 1.0 / self.current_gradient_accumulation_steps
+        # Same rule as Trainer.training_step, including a subclass's own `loss_is_scaled_for_ga`.
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None
+                      or self.compute_loss_func is not None)
+        per_step = 1.0 / self.current_gradient_accumulation_steps if scaled else 1.0
         mask = inputs.get("attention_mask")
         terms = [("aux_loss/perft_balance", self._arg("router_aux_loss_coef"), load_balancing_loss),
                  ("aux_loss/perft_z", self._arg("router_z_loss_coef"), router_z_loss)]
