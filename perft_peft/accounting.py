@@ -1,7 +1,9 @@
 """Trainable and *activated* trainable parameters: the PERFT paper's "# Act." and "% Act." columns.
 
 A token activates, per adapted MoE block: R: K of M PEFT experts plus the whole router (M*D); E: the K experts
-the model routes it to; D: all M; S: the one. Other adapters (LoRACoE, peft LoRA) are used by every token in full.
+the model routes it to; D: all M; S: the one. peft's LoRA on a 3-D expert parameter (``target_parameters``) has
+one LoRA per model expert, of which a token uses K of N. Other adapters (LoRACoE, peft LoRA on modules) are used by
+every token in full.
 The base model's activated parameters count every parameter
 except the (N-K)/N share of routed experts each token skips.
 """
@@ -52,12 +54,15 @@ def parameter_accounting(model: nn.Module) -> ParameterAccounting:
     model_top_k = moe.experts_per_token(config)
     adapter_ids, trainable, activated = set(), 0, 0
     for layer in (m for m in model.modules() if isinstance(m, BaseTunerLayer) and not isinstance(m, PerftLayer)):
-        # LoRACoE, peft LoRA, ...: every adapter parameter is used by every token.
+        # LoRACoE, peft LoRA, ...: every adapter parameter is used by every token, except that peft's LoRA on a
+        # [N, ...] experts parameter (its ParamWrapper has num_experts = N) holds one LoRA per expert.
+        n = getattr(layer, "num_experts", 1)
+        share = model_top_k / n if isinstance(n, int) and n > 1 and model_top_k is not None else 1.0
         for attr in layer.adapter_layer_names:
             for p in getattr(layer, attr).parameters():
                 adapter_ids.add(id(p))
                 if p.requires_grad:
-                    trainable, activated = trainable + _numel(p), activated + _numel(p)
+                    trainable, activated = trainable + _numel(p), activated + _numel(p) * share
     for layer in (m for m in model.modules() if isinstance(m, PerftLayer)):
         for name, setting in layer.perft_setting.items():
             tensors = [layer.perft_A[name], layer.perft_B[name]]
@@ -85,4 +90,4 @@ def parameter_accounting(model: nn.Module) -> ParameterAccounting:
         if n is not None and model_top_k is not None:
             per_expert = sum(_numel(p) for p in own if len(moe.full_shape(p)) >= 2 and moe.full_shape(p)[0] == n)
             skipped += per_expert * (n - model_top_k) / n
-    return ParameterAccounting(trainable, activated, base_total, int(round(base_total - skipped)))
+    return ParameterAccounting(trainable, int(round(activated)), base_total, int(round(base_total - skipped)))

@@ -8,15 +8,8 @@ expert weights (peft `target_parameters`).
 
 from pathlib import Path
 
-from peft import LoraConfig
-
 from perft_peft import recipe
-
-TARGETS = {
-    "lora_attn": dict(target_modules=["q_proj", "v_proj"]),
-    "lora_router": dict(target_modules=[], target_parameters=["mlp.gate.weight"]),
-    "lora_experts": dict(target_modules=[], target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]),
-}
+from perft_peft.baselines import TARGETS, lora_config
 
 p = recipe.parser(__doc__, Path(__file__).parent / "configs" / "baselines.yaml")
 p.add_argument("--method", choices=sorted(TARGETS), help="where peft's LoRA goes")
@@ -26,7 +19,4 @@ p.add_argument("--lora_dropout", type=float)
 
 if __name__ == "__main__":
     args = recipe.parse(p)
-    targets = TARGETS[args.method]
-    dropout = 0.0 if "target_parameters" in targets else args.lora_dropout  # peft's parameter LoRA has no dropout
-    config = LoraConfig(r=args.r, lora_alpha=args.lora_alpha, lora_dropout=dropout, task_type="CAUSAL_LM", **targets)
-    recipe.run(args, config)
+    recipe.run(args, lora_config(args.method, args.r, args.lora_alpha, args.lora_dropout))

@@ -127,3 +127,26 @@ def test_modules_to_save_count_as_trainable():
     accounting = parameter_accounting(model)
     assert accounting.trainable == 2 * 2 * 32 * 4 + 128 * 32 == model.get_nb_trainable_parameters()[0]
     assert accounting.base_total == sum(p.numel() for p in base_model().parameters())
+
+
+@pytest.mark.parametrize("where", ["lora_attn", "lora_router", "lora_experts"])
+def test_peft_lora_accounting(where):
+    """peft's LoRA: on modules and on the router every token uses it all; on the experts' [N, ...] parameters
+    (target_parameters) it is one LoRA per expert and a token uses K of N."""
+    from peft import LoraConfig
+
+    from perft_peft.baselines import lora_config
+
+    model = get_peft_model(base_model(), lora_config(where, r=2))
+    base = base_model()
+    D, L, N, K, r = base.config.hidden_size, base.config.num_hidden_layers, 8, 2, 2
+    attention = base.model.layers[0].self_attn
+    experts = base.model.layers[0].mlp.experts
+    per_layer = {"lora_attn": r * (D + attention.q_proj.out_features) + r * (D + attention.v_proj.out_features),
+                 "lora_router": r * (D + N),
+                 "lora_experts": N * r * sum(sum(p.shape[1:]) for p in (experts.gate_up_proj, experts.down_proj))}[where]
+    accounting = parameter_accounting(model)
+    assert isinstance(model.peft_config["default"], LoraConfig)
+    assert accounting.trainable == model.get_nb_trainable_parameters()[0] == L * per_layer
+    share = K / N if where == "lora_experts" else 1
+    assert accounting.activated_trainable == L * per_layer * share
