@@ -196,6 +196,13 @@ def test_one_fused_gemm_equals_separate_matmuls():
     for a, b in zip(fused_grads, separate_grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
+    layer.fuse_router = False  # the benchmarks' unfused comparison: 4 GEMMs, same numbers
+    CountGemms.count = 0
+    with CountGemms():
+        unfused = layer(x)
+    assert CountGemms.count == 4
+    torch.testing.assert_close(unfused, separate)
+
 
 # -- phases ----------------------------------------------------------------------------------------------------------
 

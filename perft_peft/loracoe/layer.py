@@ -4,8 +4,9 @@
     composition (LoRACoE, §3.2): c(x) = kappa * mean_e softmax_r(R_e x),    R [E*r, d_in], row e*r + j = (e, j)
     partition (LoRAMoE, Eq. 4-5): c(x)_j = kappa * softmax_E(R x)_{j // (r/E)},   R [E, d_in]
 
-``x [A; R]^T`` is one GEMM split afterwards (the paper's appendix C optimisation). In the "warmup" phase the router
-is skipped: c = 1, a plain LoRA, which is also the only state that can be merged into W0.
+``x [A; R]^T`` is one GEMM split afterwards (the paper's appendix C optimisation; ``fuse_router = False`` runs two,
+for comparison). In the "warmup" phase the router is skipped: c = 1, a plain LoRA, which is also the only state that
+can be merged into W0.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class LoraCoeLayer(nn.Module, BaseTunerLayer):
         # An instance dict (the class default is shared): peft re-freezes what is listed here whenever it sets
         # requires_grad, which keeps a warmup router frozen across set_adapter / disable_adapter.
         self.frozen_peft_weight_names: dict[str, tuple[str, ...]] = {}
+        # One GEMM x [A; R]^T (the paper's appendix C) or two; the same numbers either way (benchmarks compare).
+        self.fuse_router = True
         self._disable_adapters = False
         self.merged_adapters = []
         self._active_adapter = adapter_name
@@ -167,7 +170,10 @@ class LoraCoeLayer(nn.Module, BaseTunerLayer):
             z = F.linear(h, A)
         else:
             router = self.loracoe_router[name]
-            z, logits = F.linear(h, torch.cat((A, router))).split((A.shape[0], router.shape[0]), dim=-1)
+            if self.fuse_router:
+                z, logits = F.linear(h, torch.cat((A, router))).split((A.shape[0], router.shape[0]), dim=-1)
+            else:
+                z, logits = F.linear(h, A), F.linear(h, router)
             c = composition_weights(logits, setting, A.shape[0])
             if self.training:
                 self.rank_usage[name] = c.detach().reshape(-1, c.shape[-1]).mean(dim=0)

@@ -1,0 +1,76 @@
+"""Training-step speed and memory of PERFT and LoRACoE next to peft's LoRA, side by side in one process.
+
+    python benchmarks/speed.py                          # the README's numbers: ~15 min on 2 CPU cores
+    python benchmarks/speed.py --device cuda --dtype bfloat16 --output benchmarks/results/speed_gpu.md
+
+What is measured and how: perft_peft/bench/speed.py. The result (markdown, with the machine) goes to --output.
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from perft_peft.bench import speed
+from perft_peft.bench.report import machine_lines
+
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+p.add_argument("--output", default=str(Path(__file__).parent / "results" / "speed.md"))
+p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+p.add_argument("--seed", type=int, default=0)
+g = p.add_argument_group("model benchmark (Mixtral-shaped)")
+g.add_argument("--hidden_size", type=int, default=512)
+g.add_argument("--layers", type=int, default=4)
+g.add_argument("--experts", type=int, default=8)
+g.add_argument("--top_k", type=int, default=2)
+g.add_argument("--batch_size", type=int, default=4)
+g.add_argument("--seq_len", type=int, default=256)
+g.add_argument("--vocab_size", type=int, default=4096)
+g.add_argument("--baseline", default=speed.MODEL_BASELINE, help="method spec the others are compared with")
+g.add_argument("--methods", nargs="+", default=speed.MODEL_METHODS,
+               help="method specs (perft_peft.bench.methods); without r=, r is matched to the baseline's # Act.")
+g.add_argument("--repeats", type=int, default=15)
+g.add_argument("--warmup", type=int, default=2)
+g = p.add_argument_group("layer benchmark (OLMoE-shaped MoE block)")
+g.add_argument("--layer_hidden_size", type=int, default=2048)
+g.add_argument("--layer_intermediate_size", type=int, default=1024)
+g.add_argument("--layer_experts", type=int, default=64)
+g.add_argument("--layer_top_k", type=int, default=8)
+g.add_argument("--layer_tokens", type=int, default=512)
+g.add_argument("--layer_methods", nargs="+", default=speed.LAYER_METHODS)
+g.add_argument("--layer_repeats", type=int, default=7)
+g = p.add_argument_group("LoRACoE fused router GEMM (appendix C)")
+g.add_argument("--fusion_features", type=int, default=2048)
+g.add_argument("--fusion_tokens", type=int, default=2048)
+g.add_argument("--fusion_repeats", type=int, default=30)
+
+if __name__ == "__main__":
+    args = p.parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    shape = speed.ModelShape(args.hidden_size, args.layers, args.experts, args.top_k, args.batch_size, args.seq_len,
+                             args.vocab_size)
+    model_rows = speed.model_benchmark(shape, args.methods, args.baseline, args.repeats, args.warmup, device, dtype,
+                                       args.seed)
+    layer_rows = speed.layer_benchmark(args.layer_methods, args.layer_tokens, args.layer_repeats, 1, device, dtype,
+                                       args.seed, hidden_size=args.layer_hidden_size, num_experts=args.layer_experts,
+                                       top_k=args.layer_top_k, intermediate_size=args.layer_intermediate_size)
+    fusion = speed.fusion_benchmark(args.fusion_features, args.fusion_features, args.fusion_tokens,
+                                    repeats=args.fusion_repeats, device=device, dtype=dtype, seed=args.seed)
+    text = "\n".join([
+        "# Speed: PERFT and LoRACoE next to peft's LoRA", "", *machine_lines(device), "",
+        f"## Training step, Mixtral-shaped model (hidden {shape.hidden_size}, {shape.num_hidden_layers} layers, "
+        f"{shape.num_experts} experts top-{shape.top_k}, {shape.batch_size} x {shape.seq_len} tokens, {args.dtype})",
+        "", speed.model_table(model_rows, shape.tokens), "",
+        f"## One MoE block forward + backward, OLMoE-shaped (hidden {args.layer_hidden_size}, {args.layer_experts} "
+        f"experts top-{args.layer_top_k}, FFN {args.layer_intermediate_size}, {args.layer_tokens} tokens)",
+        "", speed.layer_table(layer_rows, args.layer_tokens), "",
+        f"## LoRACoE forward, router fused into A's GEMM (appendix C): Linear {args.fusion_features} -> "
+        f"{args.fusion_features}, r=16, E=2, {args.fusion_tokens} tokens", "", speed.fusion_table(fusion), "",
+        "Ratios are medians over repetitions of the ratio measured in the same repetition (interquartile range in "
+        "brackets). FLOP floor: the ratio of matrix-product FLOPs (forward + backward), the best a compute-bound "
+        "step could do. Peak memory: resident parameters, gradients and optimizer state plus the peak of the "
+        "tensors the step allocates (on GPU: the CUDA allocator's peak).", ""])
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(text)
+    print(text)
