@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 # torch==2.13.0 first: on these machines it is a local CPU build; an open range could pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: test demo install clean
+.PHONY: test demo install clean speed sweep
 
 install: $(STAMP)
 
@@ -24,3 +24,10 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_output
+
+# The benchmarks (README, "Benchmarks"): results go to benchmarks/results/.
+speed: $(STAMP)
+	$(PY) benchmarks/speed.py
+
+sweep: $(STAMP)
+	$(PY) benchmarks/paper_sweep.py

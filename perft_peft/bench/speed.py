@@ -155,7 +155,7 @@ def model_benchmark(shape: ModelShape, methods: list[str], baseline: str = MODEL
 
 
 def _measure(rows: list[Row], calls: dict, holders: dict, repeats: int, warmup: int, device) -> None:
-    for row in rows:
+    for row in tqdm(rows, desc="warm up, count FLOPs, measure memory"):
         for _ in range(warmup):  # first calls allocate optimizer state and warm caches
             calls[row.label]()
         row.flops = count_flops(calls[row.label])
