@@ -56,10 +56,10 @@ class BaseSettings:
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    max_steps: int = 200
+    max_steps: int = 300
     num_train_epochs: float = 1.0  # used when max_steps is -1 (real runs)
     batch_size: int = 16
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-2
     warmup_fraction: float = 0.1
     cutoff_len: int = 128
     train_on_inputs: bool = False
