@@ -1,7 +1,7 @@
 """The PERFT paper's comparison in miniature: PERFT variants x r x (M, K) and the baselines, fine-tuned the same
 way on the same MoE base, scored on held-out tasks; a Table-1-shaped table and a Figure-4-shaped plot.
 
-    python benchmarks/paper_sweep.py            # offline: synthetic tiny MoE + synthetic tasks, ~25 min on 2 CPUs
+    python benchmarks/paper_sweep.py            # offline: synthetic tiny MoE + synthetic tasks, ~20 min on 2 CPUs
     python benchmarks/paper_sweep.py --model allenai/OLMoE-1B-7B-0924 --data commonsense_170k.json \\
         --eval_data_dir LLM-Adapters/dataset --benchmarks boolq piqa social_i_qa hellaswag winogrande ARC-Easy \\
         ARC-Challenge openbookqa --max_steps -1 --epochs 3 --learning_rate 1e-5 --batch_size 16 --bf16 \\
