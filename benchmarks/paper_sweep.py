@@ -19,6 +19,7 @@ import torch
 from perft_peft.bench import sweep
 from perft_peft.bench.report import machine_lines
 from perft_peft.bench.synthetic import Task
+from perft_peft.evaluation import ARITHMETIC, COMMONSENSE
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 p.add_argument("--output", default=str(Path(__file__).parent / "results" / "paper_sweep"),
@@ -98,7 +99,7 @@ if __name__ == "__main__":
     synthetic = not args.model
     results = sweep.run_sweep(methods, load_base, tokenizer, train, tests, settings, results_path,
                               greedy=synthetic, eval_batch_size=args.eval_batch_size,
-                              max_new_tokens={"commonsense": 12, "arithmetic": 32} if synthetic else None)
+                              max_new_tokens={COMMONSENSE: 12, ARITHMETIC: 32} if synthetic else None)
     tasks = list(tests)
     title = f"{'Synthetic tasks' if synthetic else base_name}: score vs activated parameters"
     sweep.plot(results, tasks, output.with_suffix(".png"), title)

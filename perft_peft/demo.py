@@ -35,7 +35,7 @@ from transformers import AutoModelForCausalLM
 
 # Importing perft_peft registers PERFT with peft: needed before get_peft_model and PeftModel.from_pretrained.
 from perft_peft import PerftConfig, load_balancing_loss, parameter_accounting
-from perft_peft.testing import TINY_FAMILIES, tiny_config
+from perft_peft.testing import TINY_FAMILIES, tiny_config, pretrain as pretrain_tiny
 
 # -- 1. the synthetic world ----------------------------------------------------------------------------------------
 
@@ -147,18 +147,9 @@ def pretrain(model, steps: int, seed: int, lr: float = 3e-3, batch_size: int = 3
     """Train every weight on the pre-training corpus; the loss includes the model's own router balancing loss."""
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = warmup_cosine(optimizer, steps)
-    model.train()
-    for _ in (bar := tqdm(range(steps), desc="pre-train the base model")):
-        ids = pretraining_batch(rng, batch_size, block_size)
-        loss = model(input_ids=ids, labels=ids, output_router_logits=True).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    return model.eval()
+    batches = [pretraining_batch(rng, batch_size, block_size) for _ in range(steps)]
+    pretrain_tiny(model, batches, optimizer, warmup_cosine(optimizer, steps), desc="pre-train the base model")
+    return model
 
 
 # -- 3. fine-tuning and evaluation ---------------------------------------------------------------------------------

@@ -66,9 +66,13 @@ class Method:
         return lora_config(self.kind, self.r)
 
 
-def parse_method(spec: str) -> Method:
-    """A Method from ``kind:key=value,...`` (see the module docstring); errors say what is wrong."""
-    kind, _, rest = spec.strip().partition(":")
+def parse_method(spec: str, r: int | None = None) -> Method:
+    """A Method from ``kind:key=value,...`` (see the module docstring); errors say what is wrong. ``r`` is the
+    rank for a spec that names none (the benchmarks choose it); the returned spec then names it."""
+    spec = spec.strip().rstrip(":")
+    if r is not None and "r" not in (item.partition("=")[0] for item in spec.partition(":")[2].split(",")):
+        spec = f"{spec}{',' if ':' in spec else ':'}r={r}"
+    kind, _, rest = spec.partition(":")
     if kind not in _KEYS:
         raise ValueError(f"Unknown method {kind!r} in {spec!r}; choose one of {', '.join(_KEYS)}.")
     values = {}
@@ -80,6 +84,6 @@ def parse_method(spec: str) -> Method:
     missing = _KEYS[kind] - set(values)
     if missing:
         raise ValueError(f"{spec!r} needs {', '.join(sorted(missing))}.")
-    method = Method(spec=spec.strip(), kind=kind, **values)
+    method = Method(spec=spec, kind=kind, **values)
     method.config()  # the configs' own checks (top_k <= num_experts, r divisible by E, ...), now
     return method

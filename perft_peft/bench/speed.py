@@ -99,19 +99,18 @@ def activated(method: Method, base) -> int:
 def matched_method(spec: str, base, target: int) -> Method:
     """``spec`` as given if it names r; else with the r whose # Act. on ``base`` is closest to ``target``
     (# Act. is affine in r, so two probes find it)."""
-    if "r=" in spec:
-        return parse_method(spec)
-    sep = "," if ":" in spec else ":"
-    one, two = (activated(parse_method(f"{spec}{sep}r={r}"), base) for r in (1, 2))
-    r = max(1, round((target - one) / (two - one)) + 1)
-    return parse_method(f"{spec}{sep}r={r}")
+    first, second = parse_method(spec, 1), parse_method(spec, 2)
+    if first == second:  # the spec names its r
+        return first
+    one, two = activated(first, base), activated(second, base)
+    return parse_method(spec, max(1, round((target - one) / (two - one)) + 1))
 
 
 @dataclass
 class Row:
     method: Method | None  # None: the frozen base block (layer benchmark)
     label: str
-    activated: int | None
+    activated: int
     times: list[float] = field(default_factory=list)
     flops: int = 0
     memory: int = 0

@@ -102,6 +102,7 @@ def pretrain_base(settings: BaseSettings, path: Path, progress: bool = True) -> 
     """Pre-train the synthetic base on the world's knowledge (every weight, AdamW, cosine) and save it."""
     from transformers import get_cosine_schedule_with_warmup
 
+    from ..testing import pretrain
     from .speed import ModelShape, mixtral_shaped
 
     world = World(settings.world_seed)
@@ -116,21 +117,12 @@ def pretrain_base(settings: BaseSettings, path: Path, progress: bool = True) -> 
     blocks = _pretraining_blocks(world, tokenizer, settings, seed=settings.world_seed + 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, settings.steps // 20), settings.steps)
-    model.train()
-    bar = tqdm(range(settings.steps), desc="pre-train the synthetic base", disable=not progress)
-    for step in bar:
-        ids = blocks[step * settings.batch_size:(step + 1) * settings.batch_size]
-        loss = model(input_ids=ids, labels=ids, output_router_logits=True).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+    loss = pretrain(model, blocks.split(settings.batch_size), optimizer, schedule, "pre-train the synthetic base",
+                    progress)
     path.mkdir(parents=True, exist_ok=True)
-    model.eval().save_pretrained(path)
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    (path / "pretraining.json").write_text(json.dumps({**asdict(settings), "final_loss": loss.item()}, indent=2))
+    (path / "pretraining.json").write_text(json.dumps({**asdict(settings), "final_loss": loss}, indent=2))
     return path
 
 
@@ -221,11 +213,7 @@ def expand(specs: list[str], ranks: list[int]) -> list[Method]:
     """The methods: each spec that names no r once per rank in ``ranks``."""
     from .methods import parse_method
 
-    out = []
-    for spec in specs:
-        sep = "," if ":" in spec else ":"
-        out += [parse_method(spec)] if "r=" in spec else [parse_method(f"{spec}{sep}r={r}") for r in ranks]
-    return out
+    return list(dict.fromkeys(parse_method(spec, r) for spec in specs for r in ranks))
 
 
 def run_sweep(methods: list[Method], load_base: Callable, tokenizer, train_records: list[dict], tests: dict,
