@@ -82,6 +82,37 @@ def capture_io(model):
     return captured
 
 
+def switch_changes(model, ids):
+    """Per LoRACoE layer: ||joint term - warmup term|| / ||warmup term|| on its inputs in the warmup phase (the
+    change at the warmup -> joint switch relative to the LoRA update s B A x), largest over tokens."""
+    set_loracoe_phase(model, "warmup")
+    inputs = {}
+
+    def record(module, args):
+        inputs[module] = args[0].detach()
+    handles = [layer.register_forward_pre_hook(record) for layer in layers(model)]
+    logits(model, ids)
+    for handle in handles:
+        handle.remove()
+    changes = []
+    for layer in layers(model):
+        x = inputs[layer]
+        warmup = adapter_term(layer, x)
+        set_loracoe_phase(model, "joint")
+        joint = adapter_term(layer, x)
+        set_loracoe_phase(model, "warmup")
+        changes.append(((joint - warmup).norm(dim=-1) / warmup.norm(dim=-1)).max().item())
+    set_loracoe_phase(model, "joint")
+    return changes
+
+
+def assert_close_to_warmup(model, ids, bound):
+    """The switch changes every layer, by less than ``bound`` relative to the LoRA update."""
+    changes = switch_changes(model, ids)
+    assert len(changes) == len(layers(model)) > 0
+    assert 0 < min(changes) and max(changes) < bound, changes
+
+
 def adapter_term(layer, x):
     """What the layer adds to its base Linear on input x: output minus base output."""
     with torch.no_grad():
@@ -194,7 +225,7 @@ def test_one_fused_gemm_equals_separate_matmuls():
     fused_grads = torch.autograd.grad(fused.square().sum(), (A, B, R))
     separate_grads = torch.autograd.grad(separate.square().sum(), (A, B, R))
     for a, b in zip(fused_grads, separate_grads):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
     layer.fuse_router = False  # the benchmarks' unfused comparison: 4 GEMMs, same numbers
     CountGemms.count = 0
@@ -241,6 +272,7 @@ def test_warmup_equals_plain_lora(construction, ids):
 def test_switch_to_joint_with_zero_router_changes_nothing(construction, ids):
     model = get_peft_model(tiny_llama(), coe_config(construction, init_weights=False))
     assert all(layer.loracoe_phase["default"] == "joint" for layer in layers(model)), "default phase is joint"
+    randomise_routers(model, std=0.0)  # a zero router (as adapters saved before the random initialisation have)
     set_loracoe_phase(model, "warmup")
     warmup = logits(model, ids)
     set_loracoe_phase(model, "joint")
@@ -250,6 +282,7 @@ def test_switch_to_joint_with_zero_router_changes_nothing(construction, ids):
     # at every adapted Linear the term is the warmed-up LoRA's divided by r or E.
     config = coe_config(construction, "none", init_weights=False)
     literal = get_peft_model(tiny_llama(), config)
+    randomise_routers(literal, std=0.0)
     with torch.no_grad():
         for mine, theirs in zip(layers(model), layers(literal)):
             theirs.loracoe_A["default"].copy_(mine.loracoe_A["default"])
@@ -282,8 +315,8 @@ def test_init_from_lora_reproduces_the_lora(ids, tmp_path):
     lora = save_lora(tmp_path / "lora")
     config = LoraCoeConfig(r=4, lora_alpha=8, num_experts=2, init_from_lora=str(tmp_path / "lora"))
     coe = get_peft_model(tiny_llama(), config)
-    # Joint phase, zero router: c = 1 exactly; the fused [A; R] GEMM may only round differently from x A^T.
-    torch.testing.assert_close(logits(coe, ids), logits(lora, ids))
+    # Joint phase: the small random router keeps every layer within 1e-2 of the LoRA (test_loracoe_router_init.py).
+    assert_close_to_warmup(coe, ids, bound=1e-2)
     set_loracoe_phase(coe, "warmup")
     torch.testing.assert_close(logits(coe, ids), logits(lora, ids), atol=0, rtol=0)
     set_loracoe_phase(coe, "joint")
@@ -295,12 +328,11 @@ def test_init_from_lora_reproduces_the_lora(ids, tmp_path):
         module, factor = key.removesuffix(".weight").rsplit(".lora_", 1)
         layer = coe.get_submodule(module)
         assert torch.equal(getattr(layer, "loracoe_" + factor)["default"], tensor)
-        assert not layer.loracoe_router["default"].any()
 
     coe.save_pretrained(tmp_path / "coe")
     shutil.rmtree(tmp_path / "lora")  # the saved LoRACoE must not need the LoRA any more
     loaded = PeftModel.from_pretrained(tiny_llama(), tmp_path / "coe")
-    torch.testing.assert_close(logits(loaded, ids), logits(lora, ids))
+    torch.testing.assert_close(logits(loaded, ids), logits(coe, ids))
 
 
 def test_init_from_lora_hub_id_goes_through_huggingface_hub(ids, tmp_path, monkeypatch):
@@ -316,7 +348,8 @@ def test_init_from_lora_hub_id_goes_through_huggingface_hub(ids, tmp_path, monke
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     coe = get_peft_model(tiny_llama(), LoraCoeConfig(r=4, lora_alpha=8, init_from_lora="someone/a-lora"))
     assert requested == [("someone/a-lora", "adapter_config.json"), ("someone/a-lora", "adapter_model.safetensors")]
-    torch.testing.assert_close(logits(coe, ids), logits(lora, ids))
+    set_loracoe_phase(coe, "warmup")
+    torch.testing.assert_close(logits(coe, ids), logits(lora, ids), atol=0, rtol=0)
 
 
 # -- bad inputs raise clear errors and leave the model as it was ------------------------------------------------------

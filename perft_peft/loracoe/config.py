@@ -66,7 +66,7 @@ class LoraCoeConfig(PeftConfig):
         default=True,
         metadata={"help": "True: A like peft LoRA (Kaiming uniform), B = 0, so the adapted model equals the base "
                           "model at step 0. False: B random as well (for tests and debugging). The router always "
-                          "starts at zero."},
+                          "starts random and small (perft_peft/loracoe/router_init.py)."},
     )
     modules_to_save: Optional[list[str]] = field(
         default=None,

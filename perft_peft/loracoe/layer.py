@@ -20,6 +20,7 @@ from torch import nn
 
 from ..init import init_lora_factors
 from .config import LoraCoeConfig
+from .router_init import init_router
 
 PHASES = ("warmup", "joint")
 
@@ -93,8 +94,10 @@ class LoraCoeLayer(nn.Module, BaseTunerLayer):
             init_lora_factors(A, B, config.init_weights)
         self.loracoe_A[adapter_name] = nn.Parameter(A)
         self.loracoe_B[adapter_name] = nn.Parameter(B)
-        # Zero router: uniform weights, so with composition_scale="rank" the joint phase starts as the LoRA.
-        self.loracoe_router[adapter_name] = nn.Parameter(torch.zeros(config.router_rows, d_in, **factory))
+        # Random but small (router_init.py): the experts start different, the joint phase starts as the LoRA to ~1e-3.
+        router = torch.empty(config.router_rows, d_in, **factory)
+        init_router(router)
+        self.loracoe_router[adapter_name] = nn.Parameter(router)
         self.loracoe_phase[adapter_name] = "joint"
         self.frozen_peft_weight_names.pop(adapter_name, None)
         self.set_adapter(self.active_adapters)
