@@ -2,14 +2,20 @@
 their Mixtral PERFT-R's renormalised top-K gates (``norm_topk_prob``) and their parallel-adapter experts
 (SiLU, scale 1), each against the equations computed independently, and saved / loaded with the adapter."""
 
+import argparse
 import json
 import math
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
 
-from perft_peft import PerftConfig, PerftLayer
+from perft_peft import PerftConfig, PerftLayer, recipe
 
 from .conftest import base_model
 from .test_perft_equations import _adapter_tensors, _force_sparse, _randomise_routers, _reference_logits
@@ -92,3 +98,75 @@ def test_renormalised_topk_equals_equations(family, expert_type, sparse, input_i
     assert loaded.peft_config["default"].init_weights == "perft"
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids).logits, logits, atol=1e-6, rtol=1e-5)
+
+
+# -- the recipes train as the authors' finetune.py ----------------------------------------------------------------
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _recipe_args(script, argv=()):
+    parser = runpy.run_path(str(RECIPES / f"{script}.py"), run_name="args")["p"]
+    return recipe.parse(parser, ["--model", "m", "--output_dir", "o", *argv])
+
+
+@pytest.mark.parametrize("script, lr, norm", [("olmoe_perft", 1e-5, False), ("mixtral_perft_r", 2e-5, True)])
+def test_recipe_configs_are_the_authors_training(script, lr, norm):
+    args = _recipe_args(script)
+    assert (args.learning_rate, args.init_weights, args.norm_topk_prob) == (lr, "perft", norm)
+    assert (args.val_set_size, args.eval_steps, args.save_steps, args.load_best_model_at_end) == (120, 80, 80, True)
+    assert recipe.init_weights(args.init_weights) == "perft"
+    assert recipe.perft_alpha(args) == 2 * args.r  # LoRA experts: the paper's alpha = 2r
+    adapter = _recipe_args(script, ["--expert_type", "adapter"])
+    assert adapter.adapter_act == "silu" and recipe.perft_alpha(adapter) == adapter.r  # scale 1
+    assert recipe.perft_alpha(_recipe_args(script, ["--lora_alpha", "3"])) == 3
+    training = recipe.training_arguments(args)
+    assert (training.eval_strategy, training.eval_steps, training.load_best_model_at_end) == ("steps", 80, True)
+    assert training.metric_for_best_model == "eval_loss"
+    off = recipe.training_arguments(_recipe_args(script, ["--val_set_size", "0"]))
+    assert off.eval_strategy == "no" and not off.load_best_model_at_end
+
+
+def test_validation_split():
+    from datasets import Dataset
+
+    data = Dataset.from_list([{"i": i} for i in range(500)])
+    args = argparse.Namespace(val_set_size=120, seed=42)
+    train, validation = recipe.split_validation(data, args)
+    held_out, kept = list(validation["i"]), list(train["i"])
+    assert len(held_out) == 120 and len(kept) == 380
+    assert sorted(kept + held_out) == list(range(500))
+    assert held_out != list(range(380, 500)) and held_out != list(range(120))  # shuffled
+    assert list(recipe.split_validation(data, args)[1]["i"]) == held_out  # the seed fixes it
+    assert recipe.split_validation(data, argparse.Namespace(val_set_size=0, seed=42)) == (data, None)
+    with pytest.raises(ValueError, match="leaves no training examples"):
+        recipe.split_validation(data, argparse.Namespace(val_set_size=500, seed=42))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--val_set_size", "-1"], "must be 0 or more"),
+    (["--save_steps", "100"], "multiple of --eval_steps (80)"),
+])
+def test_validation_flag_errors(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        _recipe_args("olmoe_perft", argv)
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tiny_recipe_run_validates_and_keeps_the_best(tmp_path):
+    """olmoe_perft --tiny with adapter experts: the saved config is the authors' (perft init, SiLU, scale 1), the
+    validation loss is logged every --eval_steps on the held-out split, and the best checkpoint is tracked."""
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run([sys.executable, str(RECIPES / "olmoe_perft.py"), "--tiny", "--output_dir", str(out),
+                             "--max_steps", "4", "--batch_size", "4", "--micro_batch_size", "2", "--eval_steps", "2",
+                             "--save_steps", "2", "--expert_type", "adapter"],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert (config["init_weights"], config["adapter_act"], config["norm_topk_prob"]) == ("perft", "silu", False)
+    assert config["lora_alpha"] == config["r"]
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "eval_loss" in e] == [2, 4]
+    assert state["best_model_checkpoint"] is not None
