@@ -29,5 +29,7 @@ setup(
         # dev runs the whole suite, including the 2-process DeepSpeed ZeRO-3 recipe test and the trl mixin test
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "trl>=1.0", "deepspeed>=0.17,<1"],
         "deepspeed": ["deepspeed>=0.17,<1"],
+        # PERFT Figure 6 as the paper draws it: UMAP after PCA (without it, the figure shows PC1 and PC2)
+        "umap": ["umap-learn>=0.5,<0.6"],
     },
 )

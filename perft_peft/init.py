@@ -1,15 +1,30 @@
-"""The LoRA initialisation both methods share: the adapted model equals the base model at step 0."""
+"""The initialisations of the PEFT factors A [..., r, d] and B [..., d_out, r] both methods share."""
 
 import math
 
 import torch
 
+# The PERFT authors' initialisation (github liuyilun2000/PERFT, commonsense/utils.py, init_trainable_parameters,
+# lines 30-37): A ~ N(0, 2/r) per element (``randn(size) * sqrt(2 / size[0])`` on an nn.Linear(d, r) weight of
+# size [r, d]), B ~ 1e-6 * N(0, 1); the same for LoRA (lora_A/lora_B) and parallel-adapter (adapter_w1/w2) experts.
+PERFT_INIT = "perft"
+PERFT_B_STD = 1e-6
+INIT_CHOICES = (True, False, PERFT_INIT)
+
 
 @torch.no_grad()
-def init_lora_factors(A: torch.Tensor, B: torch.Tensor, init_weights: bool) -> None:
-    """A [..., r, d]: peft LoRA's Kaiming-uniform(a=sqrt(5)) over width d, i.e. U(-1/sqrt(d), 1/sqrt(d)).
-    B [..., d_out, r]: zero (so B A = 0), or with ``init_weights=False`` random too, for tests and debugging."""
+def init_lora_factors(A: torch.Tensor, B: torch.Tensor, init_weights: bool | str) -> None:
+    """``True``: A as peft LoRA's Kaiming-uniform(a=sqrt(5)) over width d, i.e. U(-1/sqrt(d), 1/sqrt(d)), and
+    B = 0, so B A = 0 and the adapted model equals the base model at step 0. ``False``: B random too, for tests
+    and debugging. ``"perft"``: the PERFT authors' A ~ N(0, 2/r), B ~ N(0, 1e-12), whose A is about
+    sqrt(6 d / r) times wider than Kaiming's: with Adam at the paper's small learning rates that trains faster."""
+    if init_weights not in INIT_CHOICES:
+        raise ValueError(f"init_weights must be True, False or {PERFT_INIT!r}, got {init_weights!r}.")
     r, d = A.shape[-2], A.shape[-1]
+    if init_weights == PERFT_INIT:
+        A.normal_(0.0, math.sqrt(2 / r))
+        B.normal_(0.0, PERFT_B_STD)
+        return
     A.uniform_(-1 / math.sqrt(d), 1 / math.sqrt(d))
     if init_weights:
         B.zero_()

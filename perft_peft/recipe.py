@@ -47,6 +47,14 @@ def parser(description: str, default_config: str | os.PathLike) -> argparse.Argu
     p.add_argument("--gradient_checkpointing", type=_bool)
     p.add_argument("--logging_steps", type=int)
     p.add_argument("--save_steps", type=int)
+    p.add_argument("--val_set_size", type=int,
+                   help="hold out this many training examples (shuffled, --seed) and evaluate the loss on them "
+                        "every --eval_steps (PERFT's finetune.py: 120 every 80 steps); 0: no validation")
+    p.add_argument("--tiny_val_set_size", type=int,
+                   help="with --tiny, at most this many validation examples (the fixtures are small)")
+    p.add_argument("--eval_steps", type=int, help="evaluate on the validation split every this many steps")
+    p.add_argument("--load_best_model_at_end", type=_bool,
+                   help="with --val_set_size: end with the checkpoint of lowest validation loss (true/false)")
     p.add_argument("--seed", type=int)
     p.add_argument("--report_to", help="none, tensorboard, wandb, ...")
     p.add_argument("--resume_from_checkpoint", help="a checkpoint directory, or 'true' for the latest")
@@ -72,6 +80,15 @@ def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
         p.error("--push_to_hub needs --hub_model_id <user>/<repo>")
     if not args.tiny and not args.model:
         p.error("give --model (a Hub id or a local directory), or --tiny for an offline smoke run")
+    args.val_set_size = args.val_set_size or 0
+    if args.tiny and args.val_set_size and args.tiny_val_set_size is not None:
+        args.val_set_size = min(args.val_set_size, args.tiny_val_set_size)
+    if args.val_set_size < 0:
+        p.error(f"--val_set_size must be 0 or more, got {args.val_set_size}")
+    eval_every = args.eval_steps or args.logging_steps
+    if args.val_set_size and args.load_best_model_at_end and args.save_steps % eval_every:
+        p.error(f"--load_best_model_at_end needs --save_steps ({args.save_steps}) to be a multiple of --eval_steps "
+                f"({eval_every})")
     if args.batch_size % args.micro_batch_size:
         p.error(f"--batch_size {args.batch_size} is not a multiple of --micro_batch_size {args.micro_batch_size}")
     return args
@@ -83,6 +100,19 @@ def _bool(text: str) -> bool:
     if text.lower() in ("0", "false", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def init_weights(text: str | None):
+    """A PERFT recipe's --init_weights flag as PerftConfig's init_weights."""
+    return {"true": True, "false": False, None: True}.get(text, text)
+
+
+def perft_alpha(args: argparse.Namespace) -> int:
+    """lora_alpha unless given: 2r for LoRA experts (the paper), r for adapter experts (scale 1, as the authors'
+    w2(act(w1 x)) has: mixtral_modification/modeling_mixtral.py, line 825)."""
+    if args.lora_alpha is not None:
+        return args.lora_alpha
+    return args.r if args.expert_type == "adapter" else 2 * args.r
 
 
 def training_arguments(args: argparse.Namespace, **method_args):
@@ -103,7 +133,27 @@ def training_arguments(args: argparse.Namespace, **method_args):
         # Several processes without CUDA need gloo; otherwise every rank silently believes it is rank 0.
         ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
         use_cpu=not torch.cuda.is_available(),
-        **method_args)
+        **validation_arguments(args), **method_args)
+
+
+def validation_arguments(args: argparse.Namespace) -> dict:
+    """Evaluation on the held-out split, as PERFT's finetune.py (lines 328-334) sets it, when there is one."""
+    if not args.val_set_size:
+        return {}
+    return dict(eval_strategy="steps", eval_steps=args.eval_steps, per_device_eval_batch_size=args.micro_batch_size,
+                load_best_model_at_end=bool(args.load_best_model_at_end), metric_for_best_model="eval_loss")
+
+
+def split_validation(dataset, args: argparse.Namespace):
+    """(training set, validation set or None): ``val_set_size`` examples held out at random with ``seed``, as
+    PERFT's finetune.py does (``train_test_split(test_size=val_set_size, shuffle=True, seed=42)``, line 296)."""
+    if not args.val_set_size:
+        return dataset, None
+    if args.val_set_size >= len(dataset):
+        raise ValueError(f"--val_set_size {args.val_set_size} leaves no training examples: the data has "
+                         f"{len(dataset)}.")
+    split = dataset.train_test_split(test_size=args.val_set_size, shuffle=True, seed=args.seed)
+    return split["train"], split["test"]
 
 
 def build_tiny_base(args: argparse.Namespace) -> str:
@@ -149,12 +199,12 @@ def run(args: argparse.Namespace, peft_config, **method_args):
     training_args = training_arguments(args, **method_args)
     print(f"[perft-peft] rank {training_args.process_index}/{training_args.world_size} ready", flush=True)
     tokenizer, base = load_tokenizer_and_model(model_path, training_args)
-    dataset = load_training_data(args, tokenizer, training_args)
+    dataset, validation = split_validation(load_training_data(args, tokenizer, training_args), args)
     model = get_peft_model(base, peft_config)
     accounting = parameter_accounting(model)  # as configured: before the trainer may freeze a phase's parameters
     if training_args.process_index == 0:
         print(f"[perft-peft] {accounting}", flush=True)
-    trainer = PerftTrainer(model=model, args=training_args, train_dataset=dataset,
+    trainer = PerftTrainer(model=model, args=training_args, train_dataset=dataset, eval_dataset=validation,
                            data_collator=make_collator(tokenizer), processing_class=tokenizer)
     resume = args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume == "true" else resume)

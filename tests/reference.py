@@ -15,8 +15,9 @@ def expert_delta(h, A, B, scaling, act):
     return scaling * (B.double() @ z)
 
 
-def perft_term(variant, h, tensors, scaling, act=None, top_k=None, routing=None):
-    """The variant's added term for tokens h [T, D]; ``routing`` = (index [T,K], weights [T,K]) for E."""
+def perft_term(variant, h, tensors, scaling, act=None, top_k=None, routing=None, norm_topk_prob=False):
+    """The variant's added term for tokens h [T, D]; ``routing`` = (index [T,K], weights [T,K]) for E;
+    ``norm_topk_prob``: R's top-K probabilities divided by their sum (the authors' Mixtral routing)."""
     A, B = tensors["perft_A"], tensors["perft_B"]
     out = torch.zeros(h.shape, dtype=torch.float64)
     for t in range(h.shape[0]):
@@ -26,7 +27,10 @@ def perft_term(variant, h, tensors, scaling, act=None, top_k=None, routing=None)
             logits = tensors["perft_router"].double() @ h[t].double()
             probs = torch.softmax(logits, dim=-1)
             chosen = torch.argsort(probs, descending=True)[:top_k]
-            pairs = [(int(j), float(probs[j])) for j in chosen]  # top-K probabilities, not renormalised
+            pairs = [(int(j), float(probs[j])) for j in chosen]  # top-K probabilities, not renormalised (Eq. 7)
+            if norm_topk_prob:
+                total = sum(g for _, g in pairs)
+                pairs = [(j, g / total) for j, g in pairs]
         else:
             index, weights = routing
             pairs = [(int(i), float(w)) for i, w in zip(index[t], weights[t])]

@@ -310,7 +310,7 @@ def test_evaluate_benchmarks_scores_what_it_extracted(tiny):
             assert example["prediction"] == BENCHMARKS[name].extract(example["response"])
             assert example["correct"] == is_correct(example["prediction"], example["answer"],
                                                     numeric=BENCHMARKS[name].numeric)
-    assert report.settings == {"batch_size": 2, "limit": 3, "greedy": True}
+    assert report.settings == {"batch_size": 2, "limit": 3, "greedy": True, "protocol": "llm-adapters"}
 
 
 RECORD = {"instruction": "q", "input": "", "output": "the correct answer is answer1", "answer": "answer1"}

@@ -51,7 +51,7 @@ def _reference_logits(family, ids, config, by_module, plain=None):
             routing = (args[1], args[2]) if config.variant == "E" else None
             term = perft_term(config.variant, h, tensors, config.lora_alpha / config.r,
                               act=config.adapter_act if config.expert_type == "adapter" else None,
-                              top_k=config.top_k, routing=routing)
+                              top_k=config.top_k, routing=routing, norm_topk_prob=config.norm_topk_prob)
             return output + term.reshape(output.shape).to(output.dtype)
         return hook
 

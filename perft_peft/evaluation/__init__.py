@@ -1,4 +1,4 @@
-"""Evaluation on the papers' 14 benchmarks with the LLM-Adapters protocol.
+"""Evaluation on the papers' 14 benchmarks with the LLM-Adapters protocol (or the PERFT authors', ``protocols``).
 
 The pieces: the benchmarks and their decoding defaults (``benchmarks``), answer extraction and scoring copied rule
 for rule from LLM-Adapters (``extraction``), batched left-padded generation (``generation``), the accuracy metric
@@ -14,6 +14,7 @@ from .benchmarks import ARITHMETIC, BENCHMARKS, COMMONSENSE, Benchmark, fixture_
 from .extraction import NUMBER_TOLERANCE, FirstOf, is_correct, last_number
 from .generation import evaluation_generation_config, generate_responses
 from .metric import METRIC_PATH, load_accuracy_metric
+from .protocols import PROTOCOLS, Protocol, get_protocol
 from .report import BenchmarkResult, EvalReport
 from .runner import evaluate_benchmarks
 
@@ -22,16 +23,19 @@ __all__ = [
     "BENCHMARKS",
     "COMMONSENSE",
     "METRIC_PATH",
+    "PROTOCOLS",
     "NUMBER_TOLERANCE",
     "Benchmark",
     "BenchmarkResult",
     "EvalReport",
     "FirstOf",
+    "Protocol",
     "evaluate_benchmarks",
     "evaluation_generation_config",
     "fixture_benchmarks",
     "generate_responses",
     "get_benchmark",
+    "get_protocol",
     "is_correct",
     "last_number",
     "load_accuracy_metric",

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .benchmarks import BENCHMARKS, fixture_benchmarks, resolve
+from .protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from .report import EvalReport
 from .runner import check_settings, evaluate_benchmarks
 
@@ -38,6 +39,10 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--num_beams", type=int, help="override every benchmark's number of beams (default 4)")
     p.add_argument("--max_new_tokens", type=int,
                    help="override every benchmark's generation length (default 32 commonsense, 256 arithmetic)")
+    p.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=sorted(PROTOCOLS),
+                   help="llm-adapters (default): LLM-Adapters' scripts; perft: the PERFT authors' (commonsense "
+                        "prompts end in 'the correct answer is', 4 new tokens; answers after the last "
+                        "'### Response:')")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="dtype to load the model in (auto: the checkpoint's)")
     p.add_argument("--output_dir", required=True,
@@ -107,7 +112,8 @@ def run(args: argparse.Namespace) -> EvalReport:
     model, tokenizer = load_model_and_tokenizer(args.adapter, args.base_model, args.revision, args.dtype)
     report = evaluate_benchmarks(model, tokenizer, args.sources, batch_size=args.batch_size,
                                  max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, greedy=args.greedy,
-                                 limit=args.limit, model_name=args.adapter or args.base_model)
+                                 limit=args.limit, model_name=args.adapter or args.base_model,
+                                 protocol=args.protocol)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     report.to_json(output / RESULTS_JSON)

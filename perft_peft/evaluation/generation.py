@@ -17,7 +17,7 @@ Deliberate differences from LLM-Adapters, none of which changes what a correct m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -40,8 +40,12 @@ def evaluation_generation_config(model, tokenizer, *, num_beams: int, max_new_to
 
 @torch.no_grad()
 def generate_responses(model, tokenizer, instructions: Sequence[str], *, num_beams: int, max_new_tokens: int,
-                       batch_size: int = 8, progress: bool = True, desc: str | None = None) -> list[str]:
+                       batch_size: int = 8, progress: bool = True, desc: str | None = None,
+                       prompt_suffix: str = "", read_response: Callable[[str], str] = extract_response) -> list[str]:
     """The model's response to each instruction (the text after ``### Response:``), in order.
+
+    ``prompt_suffix`` is appended to every prompt and ``read_response`` finds the answer in the decoded text
+    (prompt included): the evaluation protocol's choices (``protocols``); the defaults are LLM-Adapters'.
 
     The model is put in eval mode for the duration (dropout off) and returned to its previous mode; a tokenizer
     without a pad token gets one (``ensure_pad_token``).
@@ -56,12 +60,12 @@ def generate_responses(model, tokenizer, instructions: Sequence[str], *, num_bea
     try:
         starts = range(0, len(instructions), batch_size)
         for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
-            prompts = [generate_eval_prompt(i) for i in instructions[start:start + batch_size]]
+            prompts = [generate_eval_prompt(i) + prompt_suffix for i in instructions[start:start + batch_size]]
             batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
             sequences = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                        generation_config=config)
             decoded = tokenizer.batch_decode(sequences, skip_special_tokens=True)
-            responses += [extract_response(text) for text in decoded]
+            responses += [read_response(text) for text in decoded]
     finally:
         model.train(was_training)
     return responses

@@ -59,7 +59,8 @@ class EvalReport:
                 for domain, key in DOMAIN_AVERAGES.items() if self.domain_results(domain)}
 
     def to_dict(self, predictions: bool = False) -> dict:
-        return {"model": self.model_name, "protocol": "LLM-Adapters", "settings": self.settings,
+        return {"model": self.model_name, "protocol": self.settings.get("protocol", "llm-adapters"),
+                "settings": self.settings,
                 "benchmarks": {name: r.to_dict(predictions) for name, r in self.results.items()},
                 "averages": self.averages()}
 
@@ -106,7 +107,11 @@ class EvalReport:
             settings = sorted({(r.num_beams, r.max_new_tokens) for r in self.domain_results(domain)})
             decoding += [f"{domain} {'greedy' if beams == 1 else f'{beams} beams'}, up to {tokens} new tokens"
                          for beams, tokens in settings]
-        note = f"LLM-Adapters prompts and answer extraction; {'; '.join(decoding)}"
+        if self.settings.get("protocol") == "perft":
+            note = ("PERFT authors' protocol (commonsense prompts end in 'the correct answer is', answers read "
+                    f"after the last '### Response:'), LLM-Adapters answer extraction; {'; '.join(decoding)}")
+        else:
+            note = f"LLM-Adapters prompts and answer extraction; {'; '.join(decoding)}"
         limit = self.settings.get("limit")
         if limit is not None:
             note += f"; only the first {limit} records of each test set"

@@ -10,13 +10,14 @@ from .benchmarks import Benchmark, get_benchmark
 from .extraction import is_correct
 from .generation import generate_responses
 from .metric import load_accuracy_metric
+from .protocols import DEFAULT_PROTOCOL, Protocol, get_protocol
 from .report import BenchmarkResult, EvalReport
 
 
 def evaluate_benchmarks(model, tokenizer, benchmarks: Mapping[str, str | os.PathLike | Sequence[Mapping]], *,
                         batch_size: int = 8, max_new_tokens: int | None = None, num_beams: int | None = None,
                         greedy: bool = False, limit: int | None = None, model_name: str | None = None,
-                        progress: bool = True) -> EvalReport:
+                        progress: bool = True, protocol: str | Protocol = DEFAULT_PROTOCOL) -> EvalReport:
     """Evaluate ``model`` (a ``PeftModel`` or a plain causal LM) on LLM-Adapters test sets.
 
     ``benchmarks`` maps a benchmark name (``"boolq"``, ``"siqa"``, ``"gsm8k"``: see ``BENCHMARKS``) to its test
@@ -24,11 +25,14 @@ def evaluate_benchmarks(model, tokenizer, benchmarks: Mapping[str, str | os.Path
     ``instruction`` and ``answer`` (and ``input`` / ``output``, as in the test files). Decoding defaults to each
     benchmark's LLM-Adapters setting (4 beams; 32 or 256 new tokens); ``num_beams`` / ``max_new_tokens`` override
     it for all, ``greedy=True`` means one beam. ``limit`` keeps each test set's first records (quick checks; the
-    numbers are then not the papers'). Every test set is loaded and checked before the first generation, so a bad
+    numbers are then not the papers'). ``protocol="perft"`` evaluates as the PERFT authors did (commonsense prompts
+    end in "the correct answer is", 4 new tokens, the answer read after the last ``### Response:``; see
+    ``protocols``); ``max_new_tokens`` still overrides its lengths. Every test set is loaded and checked before the first generation, so a bad
     path fails in seconds rather than after hours of decoding.
     """
     check_settings(batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams, greedy=greedy,
                    limit=limit)
+    protocol = get_protocol(protocol)
     if not benchmarks:
         raise ValueError("No benchmarks to evaluate.")
     test_sets = {}
@@ -41,10 +45,11 @@ def evaluate_benchmarks(model, tokenizer, benchmarks: Mapping[str, str | os.Path
     results = {}
     for benchmark, records in test_sets.values():
         beams = 1 if greedy else num_beams or benchmark.num_beams
-        tokens = max_new_tokens or benchmark.max_new_tokens
+        tokens = max_new_tokens or protocol.tokens(benchmark)
         responses = generate_responses(model, tokenizer, [r["instruction"] for r in records], num_beams=beams,
                                        max_new_tokens=tokens, batch_size=batch_size, progress=progress,
-                                       desc=benchmark.label)
+                                       desc=benchmark.label, prompt_suffix=protocol.suffix(benchmark),
+                                       read_response=protocol.response)
         predictions = [benchmark.extract(response) for response in responses]
         references = [r["answer"] for r in records]
         if benchmark.numeric not in metrics:
@@ -56,7 +61,7 @@ def evaluate_benchmarks(model, tokenizer, benchmarks: Mapping[str, str | os.Path
                     for r, response, prediction in zip(records, responses, predictions)]
         results[benchmark.name] = BenchmarkResult(benchmark.name, score["correct"], score["total"], beams, tokens,
                                                   examples)
-    settings = {"batch_size": batch_size, "limit": limit, "greedy": greedy}
+    settings = {"batch_size": batch_size, "limit": limit, "greedy": greedy, "protocol": protocol.name}
     return EvalReport(results, model_name=model_name, settings=settings)
 
 

@@ -7,6 +7,8 @@ from typing import Optional, Union
 
 from peft import PeftConfig, PeftType
 
+from ..init import INIT_CHOICES, PERFT_INIT
+
 VARIANTS = ("R", "E", "D", "S")
 EXPERT_TYPES = ("lora", "adapter")
 # Defaults where the user leaves the multiplicity unset: the paper's common PERFT-R (Top2/4) and PERFT-D (4).
@@ -35,11 +37,20 @@ class PerftConfig(PeftConfig):
     top_k: Optional[int] = field(
         default=None,
         metadata={"help": "K, PEFT experts activated per token by PERFT-R's router (R only; default 2, at most "
-                          "num_experts). Gates are the top-K softmax probabilities, not renormalised."},
+                          "num_experts). Gates are the top-K softmax probabilities (renormalised only with "
+                          "norm_topk_prob)."},
+    )
+    norm_topk_prob: bool = field(
+        default=False,
+        metadata={"help": "PERFT-R only: divide the top-K gate weights by their sum, so they add up to 1 "
+                          "(transformers' name for the same switch of the models' own routers). False = Eq. 7 "
+                          "of the paper (TopK of the softmax, not renormalised); True = the authors' Mixtral code "
+                          "(mixtral_modification/modeling_mixtral.py, line 1013)."},
     )
     r: int = field(default=8, metadata={"help": "Bottleneck size D_B of each PEFT expert (the LoRA rank)."})
     lora_alpha: int = field(default=16, metadata={"help": "Output scale numerator: each expert's term is scaled by "
-                                                          "lora_alpha / r."})
+                                                          "lora_alpha / r (lora_alpha = r gives scale 1, as the "
+                                                          "authors' parallel-adapter experts have)."})
     expert_type: str = field(
         default="lora",
         metadata={"help": "'lora': Delta(h) = s * B A h. 'adapter': parallel adapter Delta(h) = s * B act(A h)."},
@@ -64,10 +75,12 @@ class PerftConfig(PeftConfig):
         metadata={"help": "Name of the layer list used with layers_to_transform when it is not the usual "
                           "`layers` (as in peft LoRA)."},
     )
-    init_weights: bool = field(
+    init_weights: Union[bool, str] = field(
         default=True,
         metadata={"help": "True: A like peft LoRA (Kaiming uniform), B = 0, so the adapted model equals the base "
-                          "model at step 0. False: B random as well (for tests and debugging)."},
+                          "model at step 0. 'perft': the PERFT authors' A ~ N(0, 2/r), B ~ 1e-6 N(0, 1) "
+                          "(commonsense/utils.py, init_trainable_parameters). False: B random as well (for tests "
+                          "and debugging)."},
     )
     modules_to_save: Optional[list[str]] = field(
         default=None,
@@ -121,6 +134,15 @@ class PerftConfig(PeftConfig):
             if self.adapter_act not in ACT2FN:
                 raise ValueError(f"Unknown adapter_act {self.adapter_act!r}; use a name from transformers' ACT2FN "
                                  f"such as 'relu', 'gelu', 'silu'.")
+        if isinstance(self.init_weights, str) and self.init_weights.lower() == PERFT_INIT:
+            self.init_weights = PERFT_INIT
+        if not isinstance(self.init_weights, (bool, str)) or self.init_weights not in INIT_CHOICES:
+            raise ValueError(f"init_weights must be True, False or {PERFT_INIT!r}, got {self.init_weights!r}.")
+        if not isinstance(self.norm_topk_prob, bool):
+            raise ValueError(f"norm_topk_prob must be True or False, got {self.norm_topk_prob!r}.")
+        if self.norm_topk_prob and self.variant != "R":
+            raise ValueError(f"norm_topk_prob renormalises PERFT-R's own top-K gates; PERFT-{self.variant} has no "
+                             "router of its own (E uses the model's routing as the model normalises it).")
         if not 0.0 <= float(self.lora_dropout) < 1.0:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
         if isinstance(self.target_modules, list):

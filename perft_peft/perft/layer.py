@@ -2,7 +2,8 @@
 
 For a token's hidden state h entering the block, a PEFT expert is ``Delta_j(h) = s * B_j act(A_j h)`` and
 
-    R:  experts(h) + sum_j G~(h)_j Delta_j(h),   G~ = TopK(softmax(W~ h), K) over M, not renormalised
+    R:  experts(h) + sum_j G~(h)_j Delta_j(h),   G~ = TopK(softmax(W~ h), K) over M, not renormalised (Eq. 7;
+        with ``norm_topk_prob`` divided by the sum of the K kept weights, as the authors' Mixtral code does)
     E:  experts(h) + sum_k w_k Delta_{i_k}(h)    with (i_k, w_k) exactly the routing the model gave its experts
     D:  experts(h) + sum_j Delta_j(h)
     S:  experts(h) + Delta_0(h)
@@ -43,6 +44,7 @@ class _Setting:
     scaling: float
     expert_type: str
     adapter_act: str
+    norm_topk_prob: bool = False
 
 
 @dataclass
@@ -101,7 +103,7 @@ class PerftLayer(nn.Module, BaseTunerLayer):
         M = self.model_experts if variant == "E" else config.num_peft_experts
         top_k = config.top_k if variant == "R" else None
         self.perft_setting[adapter_name] = _Setting(variant, M, top_k, config.scaling, config.expert_type,
-                                                    config.adapter_act)
+                                                    config.adapter_act, config.norm_topk_prob)
         self.perft_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()
         reference = moe.first_parameter(self.base_layer)
         factory = {"device": reference.device if reference is not None else None, "dtype": torch.float32}
@@ -158,6 +160,8 @@ class PerftLayer(nn.Module, BaseTunerLayer):
                 logits = F.linear(h.float(), self.perft_router[name].float())
             probs = logits.softmax(dim=-1)
             weights, index = probs.topk(setting.top_k, dim=-1)
+            if setting.norm_topk_prob:
+                weights = weights / weights.sum(dim=-1, keepdim=True)
             record_logits = logits
         else:
             index, weights = _routing_arguments(args, kwargs)

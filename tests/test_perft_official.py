@@ -1,0 +1,172 @@
+"""The PERFT authors' settings (github liuyilun2000/PERFT): their initialisation (``init_weights="perft"``),
+their Mixtral PERFT-R's renormalised top-K gates (``norm_topk_prob``) and their parallel-adapter experts
+(SiLU, scale 1), each against the equations computed independently, and saved / loaded with the adapter."""
+
+import argparse
+import json
+import math
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+
+from perft_peft import PerftConfig, PerftLayer, recipe
+
+from .conftest import base_model
+from .test_perft_equations import _adapter_tensors, _force_sparse, _randomise_routers, _reference_logits
+
+
+def _layers(model):
+    return [m for m in model.modules() if isinstance(m, PerftLayer)]
+
+
+def test_perft_init_statistics():
+    """A ~ N(0, 2/r) per element, B ~ 1e-6 N(0, 1) (commonsense/utils.py, lines 30-37); both trainable."""
+    r, M = 8, 64
+    model = get_peft_model(base_model("mixtral", hidden_size=256), PerftConfig(
+        variant="D", num_experts=M, r=r, init_weights="perft"))
+    A = torch.cat([layer.perft_A["default"].detach().flatten() for layer in _layers(model)])
+    B = torch.cat([layer.perft_B["default"].detach().flatten() for layer in _layers(model)])
+    assert A.numel() > 100_000 and B.numel() > 100_000
+    assert abs(A.std().item() / math.sqrt(2 / r) - 1) < 0.01 and abs(A.mean().item()) < 0.01
+    assert abs(B.std().item() / 1e-6 - 1) < 0.01 and abs(B.mean().item()) < 1e-8
+    # Normal, not uniform: the kurtosis of a Gaussian is 3 (a uniform's is 1.8).
+    assert abs(((A / A.std()) ** 4).mean().item() - 3) < 0.1
+    # Not peft's Kaiming-uniform: |A| is unbounded by 1/sqrt(D).
+    assert A.abs().max() > 1 / math.sqrt(256)
+    assert all(p.requires_grad for layer in _layers(model) for p in (layer.perft_A["default"],
+                                                                       layer.perft_B["default"]))
+
+
+def test_default_init_is_identity_and_bounded():
+    model = get_peft_model(base_model("mixtral"), PerftConfig(variant="S", r=4))
+    for layer in _layers(model):
+        assert torch.count_nonzero(layer.perft_B["default"]) == 0
+        assert layer.perft_A["default"].abs().max() <= 1 / math.sqrt(layer.hidden_size)
+
+
+@pytest.mark.parametrize("value", [1, 0, "kaiming", "gaussian", None])
+def test_bad_init_weights_rejected(value):
+    with pytest.raises(ValueError, match="init_weights"):
+        PerftConfig(variant="S", init_weights=value)
+
+
+@pytest.mark.parametrize("variant", ["E", "D", "S"])
+def test_norm_topk_prob_only_for_r(variant):
+    with pytest.raises(ValueError, match="norm_topk_prob"):
+        PerftConfig(variant=variant, norm_topk_prob=True)
+    with pytest.raises(ValueError, match="norm_topk_prob"):
+        PerftConfig(variant="R", norm_topk_prob="yes")
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("expert_type", ["lora", "adapter"])
+@pytest.mark.parametrize("family", ["mixtral", "olmoe"])
+def test_renormalised_topk_equals_equations(family, expert_type, sparse, input_ids, tmp_path):
+    """G~ = TopK(softmax(W~ h)) / sum of the K kept weights, with the authors' experts: for 'adapter', SiLU and
+    scale 1 (lora_alpha = r), w2(silu(w1 x)); dense and grouped-GEMM paths; the config round-trips."""
+    config = PerftConfig(variant="R", num_experts=4, top_k=2, r=4, lora_alpha=4, expert_type=expert_type,
+                         adapter_act="silu", init_weights="perft", norm_topk_prob=True)
+    assert config.scaling == 1.0
+    model = get_peft_model(base_model(family), config)
+    _randomise_routers(model)
+    for layer in _layers(model):  # the official B (1e-6) would hide every difference below the tolerance
+        torch.nn.init.normal_(layer.perft_B["default"], std=0.5)
+    if sparse:
+        _force_sparse(model)
+    with torch.no_grad():
+        logits = model(input_ids).logits
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["norm_topk_prob"] is True and saved["init_weights"] == "perft"
+
+    tensors = _adapter_tensors(tmp_path)
+    expected = _reference_logits(family, input_ids, config, tensors)
+    torch.testing.assert_close(logits, expected.to(logits.dtype), atol=2e-5, rtol=1e-4)
+    # Eq. 7 (not renormalised) is a different model: the switch must matter.
+    literal = PerftConfig(**{**config.to_dict(), "norm_topk_prob": False, "peft_type": None})
+    unnormalised = _reference_logits(family, input_ids, literal, tensors)
+    assert not torch.allclose(logits, unnormalised.to(logits.dtype), atol=1e-3)
+
+    loaded = PeftModel.from_pretrained(base_model(family), tmp_path)
+    assert loaded.peft_config["default"].norm_topk_prob is True
+    assert loaded.peft_config["default"].init_weights == "perft"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids).logits, logits, atol=1e-6, rtol=1e-5)
+
+
+# -- the recipes train as the authors' finetune.py ----------------------------------------------------------------
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _recipe_args(script, argv=()):
+    parser = runpy.run_path(str(RECIPES / f"{script}.py"), run_name="args")["p"]
+    return recipe.parse(parser, ["--model", "m", "--output_dir", "o", *argv])
+
+
+@pytest.mark.parametrize("script, lr, norm", [("olmoe_perft", 1e-5, False), ("mixtral_perft_r", 2e-5, True)])
+def test_recipe_configs_are_the_authors_training(script, lr, norm):
+    args = _recipe_args(script)
+    assert (args.learning_rate, args.init_weights, args.norm_topk_prob) == (lr, "perft", norm)
+    assert (args.val_set_size, args.eval_steps, args.save_steps, args.load_best_model_at_end) == (120, 80, 80, True)
+    assert recipe.init_weights(args.init_weights) == "perft"
+    assert recipe.perft_alpha(args) == 2 * args.r  # LoRA experts: the paper's alpha = 2r
+    adapter = _recipe_args(script, ["--expert_type", "adapter"])
+    assert adapter.adapter_act == "silu" and recipe.perft_alpha(adapter) == adapter.r  # scale 1
+    assert recipe.perft_alpha(_recipe_args(script, ["--lora_alpha", "3"])) == 3
+    training = recipe.training_arguments(args)
+    assert (training.eval_strategy, training.eval_steps, training.load_best_model_at_end) == ("steps", 80, True)
+    assert training.metric_for_best_model == "eval_loss"
+    off = recipe.training_arguments(_recipe_args(script, ["--val_set_size", "0"]))
+    assert off.eval_strategy == "no" and not off.load_best_model_at_end
+
+
+def test_validation_split():
+    from datasets import Dataset
+
+    data = Dataset.from_list([{"i": i} for i in range(500)])
+    args = argparse.Namespace(val_set_size=120, seed=42)
+    train, validation = recipe.split_validation(data, args)
+    held_out, kept = list(validation["i"]), list(train["i"])
+    assert len(held_out) == 120 and len(kept) == 380
+    assert sorted(kept + held_out) == list(range(500))
+    assert held_out != list(range(380, 500)) and held_out != list(range(120))  # shuffled
+    assert list(recipe.split_validation(data, args)[1]["i"]) == held_out  # the seed fixes it
+    assert recipe.split_validation(data, argparse.Namespace(val_set_size=0, seed=42)) == (data, None)
+    with pytest.raises(ValueError, match="leaves no training examples"):
+        recipe.split_validation(data, argparse.Namespace(val_set_size=500, seed=42))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--val_set_size", "-1"], "must be 0 or more"),
+    (["--save_steps", "100"], "multiple of --eval_steps (80)"),
+])
+def test_validation_flag_errors(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        _recipe_args("olmoe_perft", argv)
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tiny_recipe_run_validates_and_keeps_the_best(tmp_path):
+    """olmoe_perft --tiny with adapter experts: the saved config is the authors' (perft init, SiLU, scale 1), the
+    validation loss is logged every --eval_steps on the held-out split, and the best checkpoint is tracked."""
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run([sys.executable, str(RECIPES / "olmoe_perft.py"), "--tiny", "--output_dir", str(out),
+                             "--max_steps", "4", "--batch_size", "4", "--micro_batch_size", "2", "--eval_steps", "2",
+                             "--save_steps", "2", "--expert_type", "adapter"],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert (config["init_weights"], config["adapter_act"], config["norm_topk_prob"]) == ("perft", "silu", False)
+    assert config["lora_alpha"] == config["r"]
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "eval_loss" in e] == [2, 4]
+    assert state["best_model_checkpoint"] is not None
