@@ -1,14 +1,20 @@
-"""LoRACoE in two phases: plain-LoRA warmup, then LoRA + router (LoRACoE paper, appendix A).
+"""LoRACoE in two phases: plain-LoRA warmup, then LoRA + router (LoRACoE paper, appendix A), on the paper's data:
+75k of commonsense_170k (--data) plus 75k of OrcaMath (--math_data), seeded (--seed).
 
     python recipes/loracoe.py --model Qwen/Qwen2-7B --data commonsense_170k.json --output_dir out/loracoe
-    python recipes/loracoe.py --tiny --output_dir /tmp/run    # offline smoke run
+    python recipes/loracoe.py --tiny --output_dir /tmp/run    # offline smoke run (bundled fixtures, both sets)
 """
 
 from pathlib import Path
 
 from perft_peft import LoraCoeConfig, recipe
+from perft_peft.data import ORCA_MATH_FIXTURE, MixturePart, fixture_path, load_mixture
 
 p = recipe.parser(__doc__, Path(__file__).parent / "configs" / "loracoe.yaml")
+p.add_argument("--math_data", help="OrcaMath (question/answer) Hub id or JSON(L) file mixed with --data; 'none': "
+                                   "--data alone")
+p.add_argument("--data_size", type=int, help="records sampled from --data (0: all)")
+p.add_argument("--math_data_size", type=int, help="records sampled from --math_data (0: all)")
 p.add_argument("--r", type=int)
 p.add_argument("--lora_alpha", type=int)
 p.add_argument("--num_experts", type=int, help="E composite experts (partition: rank groups)")
@@ -46,13 +52,25 @@ def parse(argv=None):
     return args
 
 
+def mixture_parts(args) -> list[MixturePart]:
+    """--data (+ --math_data) with their sizes; --tiny: all of the bundled commonsense and OrcaMath fixtures."""
+    if args.tiny:
+        return [MixturePart(fixture_path(args.tiny_data)), MixturePart(ORCA_MATH_FIXTURE, format="orca_math")]
+    parts = [MixturePart(args.data, args.data_size or None)]
+    if args.math_data and args.math_data.lower() != "none":
+        parts.append(MixturePart(args.math_data, args.math_data_size or None, "orca_math"))
+    return parts
+
+
 def main(argv=None):
     args = parse(argv)
     config = LoraCoeConfig(r=args.r, lora_alpha=args.lora_alpha, num_experts=args.num_experts,
                            target_modules=args.target_modules, lora_dropout=args.lora_dropout,
                            construction=args.construction, composition_scale=args.composition_scale,
                            init_from_lora=args.init_from_lora, task_type="CAUSAL_LM")
-    return recipe.run(args, config, loracoe_warmup_epochs=args.loracoe_warmup_epochs,
+    parts = mixture_parts(args)
+    return recipe.run(args, config, load_records=lambda args: load_mixture(parts, seed=args.seed),
+                      loracoe_warmup_epochs=args.loracoe_warmup_epochs,
                       loracoe_warmup_steps=args.loracoe_warmup_steps,
                       loracoe_warmup_learning_rate=args.loracoe_warmup_learning_rate)
 
