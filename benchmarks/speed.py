@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py                          # the README's numbers: ~15 min on 2 CPU cores
     python benchmarks/speed.py --device cuda --dtype bfloat16 --output benchmarks/results/speed_gpu.md
+    python benchmarks/speed.py --sections loracoe --output /tmp/loracoe.md   # one section only
 
 What is measured and how: perft_peft/bench/speed.py. The result (markdown, with the machine) goes to --output.
 """
@@ -44,29 +45,54 @@ g = p.add_argument_group("LoRACoE fused router GEMM (appendix C)")
 g.add_argument("--fusion_features", type=int, default=2048)
 g.add_argument("--fusion_tokens", type=int, default=2048)
 g.add_argument("--fusion_repeats", type=int, default=30)
+g = p.add_argument_group("LoRACoE against peft LoRA, equal r and targets (dense Llama-shaped model)")
+g.add_argument("--loracoe_hidden_size", type=int, default=512)
+g.add_argument("--loracoe_layers", type=int, default=4)
+g.add_argument("--loracoe_r", type=int, default=16)
+g.add_argument("--loracoe_experts", type=int, default=2)
+g.add_argument("--loracoe_repeats", type=int, default=30)
+p.add_argument("--sections", nargs="+", default=["model", "layer", "fusion", "loracoe"],
+               choices=["model", "layer", "fusion", "loracoe"], help="which benchmarks to run")
 
 if __name__ == "__main__":
     args = p.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     shape = speed.ModelShape(args.hidden_size, args.layers, args.experts, args.top_k, args.batch_size, args.seq_len,
                              args.vocab_size)
-    model_rows = speed.model_benchmark(shape, args.methods, args.baseline, args.repeats, args.warmup, device, dtype,
-                                       args.seed)
-    layer_rows = speed.layer_benchmark(args.layer_methods, args.layer_tokens, args.layer_repeats, 1, device, dtype,
-                                       args.seed, hidden_size=args.layer_hidden_size, num_experts=args.layer_experts,
-                                       top_k=args.layer_top_k, intermediate_size=args.layer_intermediate_size)
-    fusion = speed.fusion_benchmark(args.fusion_features, args.fusion_features, args.fusion_tokens,
-                                    repeats=args.fusion_repeats, device=device, dtype=dtype, seed=args.seed)
+    sections = ["# Speed: PERFT and LoRACoE next to peft's LoRA", "", *machine_lines(device), ""]
+    if "model" in args.sections:
+        model_rows = speed.model_benchmark(shape, args.methods, args.baseline, args.repeats, args.warmup, device,
+                                           dtype, args.seed)
+        sections += [
+            f"## Training step, Mixtral-shaped model (hidden {shape.hidden_size}, {shape.num_hidden_layers} layers, "
+            f"{shape.num_experts} experts top-{shape.top_k}, {shape.batch_size} x {shape.seq_len} tokens, "
+            f"{args.dtype})", "", speed.model_table(model_rows, shape.tokens), ""]
+    if "layer" in args.sections:
+        layer_rows = speed.layer_benchmark(args.layer_methods, args.layer_tokens, args.layer_repeats, 1, device,
+                                           dtype, args.seed, hidden_size=args.layer_hidden_size,
+                                           num_experts=args.layer_experts, top_k=args.layer_top_k,
+                                           intermediate_size=args.layer_intermediate_size)
+        sections += [
+            f"## One MoE block forward + backward, OLMoE-shaped (hidden {args.layer_hidden_size}, "
+            f"{args.layer_experts} experts top-{args.layer_top_k}, FFN {args.layer_intermediate_size}, "
+            f"{args.layer_tokens} tokens)", "", speed.layer_table(layer_rows, args.layer_tokens), ""]
+    if "fusion" in args.sections:
+        fusion = speed.fusion_benchmark(args.fusion_features, args.fusion_features, args.fusion_tokens,
+                                        repeats=args.fusion_repeats, device=device, dtype=dtype, seed=args.seed)
+        sections += [
+            f"## LoRACoE forward, router fused into A's GEMM (appendix C): Linear {args.fusion_features} -> "
+            f"{args.fusion_features}, r=16, E=2, {args.fusion_tokens} tokens", "", speed.fusion_table(fusion), ""]
+    if "loracoe" in args.sections:
+        dense = speed.ModelShape(args.loracoe_hidden_size, args.loracoe_layers, 0, 0, args.batch_size, args.seq_len,
+                                 args.vocab_size)
+        rows = speed.loracoe_benchmark(dense, args.loracoe_r, args.loracoe_experts, args.loracoe_repeats,
+                                       args.warmup, device, dtype, args.seed)
+        sections += [
+            f"## LoRACoE against peft LoRA, r={args.loracoe_r}, targets {', '.join(speed.PAPER_TARGETS)}: dense "
+            f"Llama-shaped model (hidden {dense.hidden_size}, {dense.num_hidden_layers} layers, {dense.batch_size} "
+            f"x {dense.seq_len} tokens, {args.dtype})", "", speed.loracoe_table(rows, dense.tokens), ""]
     text = "\n".join([
-        "# Speed: PERFT and LoRACoE next to peft's LoRA", "", *machine_lines(device), "",
-        f"## Training step, Mixtral-shaped model (hidden {shape.hidden_size}, {shape.num_hidden_layers} layers, "
-        f"{shape.num_experts} experts top-{shape.top_k}, {shape.batch_size} x {shape.seq_len} tokens, {args.dtype})",
-        "", speed.model_table(model_rows, shape.tokens), "",
-        f"## One MoE block forward + backward, OLMoE-shaped (hidden {args.layer_hidden_size}, {args.layer_experts} "
-        f"experts top-{args.layer_top_k}, FFN {args.layer_intermediate_size}, {args.layer_tokens} tokens)",
-        "", speed.layer_table(layer_rows, args.layer_tokens), "",
-        f"## LoRACoE forward, router fused into A's GEMM (appendix C): Linear {args.fusion_features} -> "
-        f"{args.fusion_features}, r=16, E=2, {args.fusion_tokens} tokens", "", speed.fusion_table(fusion), "",
+        *sections,
         "Ratios are medians over repetitions of the ratio measured in the same repetition (interquartile range in "
         "brackets). FLOP floor: the ratio of matrix-product FLOPs (forward + backward), the best a compute-bound "
         "step could do. Peak memory: resident parameters, gradients and optimizer state plus the peak of the "

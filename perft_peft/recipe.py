@@ -180,15 +180,18 @@ def load_tokenizer_and_model(path: str, training_args):
     return tokenizer, AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
 
 
-def load_training_data(args: argparse.Namespace, tokenizer, training_args):
+def load_training_data(args: argparse.Namespace, tokenizer, training_args, load_records=None):
+    """Tokenised training set: ``load_records(args)`` (a recipe's own data, e.g. LoRACoE's mixture), else the
+    LLM-Adapters file --data (--tiny: the fixture --tiny_data)."""
     source = fixture_path(args.tiny_data) if args.tiny else args.data
     with training_args.main_process_first(desc="tokenising"):
-        dataset = load_llm_adapters_dataset(source)
+        dataset = load_records(args) if load_records is not None else load_llm_adapters_dataset(source)
         return tokenize_dataset(dataset, tokenizer, cutoff_len=args.cutoff_len, train_on_inputs=args.train_on_inputs)
 
 
-def run(args: argparse.Namespace, peft_config, **method_args):
-    """Train ``peft_config`` on the base model and data the flags name; save (and push) the final adapter."""
+def run(args: argparse.Namespace, peft_config, load_records=None, **method_args):
+    """Train ``peft_config`` on the base model and data the flags name (or ``load_records(args)``, see
+    load_training_data); save (and push) the final adapter."""
     from peft import get_peft_model
 
     from . import hub
@@ -199,7 +202,7 @@ def run(args: argparse.Namespace, peft_config, **method_args):
     training_args = training_arguments(args, **method_args)
     print(f"[perft-peft] rank {training_args.process_index}/{training_args.world_size} ready", flush=True)
     tokenizer, base = load_tokenizer_and_model(model_path, training_args)
-    dataset, validation = split_validation(load_training_data(args, tokenizer, training_args), args)
+    dataset, validation = split_validation(load_training_data(args, tokenizer, training_args, load_records), args)
     model = get_peft_model(base, peft_config)
     accounting = parameter_accounting(model)  # as configured: before the trainer may freeze a phase's parameters
     if training_args.process_index == 0:

@@ -140,11 +140,12 @@ def test_speed_script_smoke(tmp_path):
     _run(["benchmarks/speed.py", "--output", output, "--hidden_size", 64, "--layers", 1, "--seq_len", 16,
           "--batch_size", 2, "--vocab_size", 64, "--repeats", 2, "--warmup", 1, "--layer_hidden_size", 64,
           "--layer_intermediate_size", 32, "--layer_experts", 16, "--layer_top_k", 4, "--layer_tokens", 16,
-          "--layer_repeats", 2, "--fusion_features", 32, "--fusion_tokens", 16, "--fusion_repeats", 2])
+          "--layer_repeats", 2, "--fusion_features", 32, "--fusion_tokens", 16, "--fusion_repeats", 2, "--loracoe_hidden_size", 64,
+          "--loracoe_layers", 1, "--loracoe_repeats", 2])
     text = output.read_text()
     for label in ["LoRA (q,v) r=8", "PERFT-R (Top2/8)", "PERFT-E", "PERFT-D (2)", "PERFT-S", "LoRA (experts)",
                   "LoRACoE (q,v) E=2 r=8", "frozen block alone", "PERFT-R (Top8/64) r=8, sparse path", "| fused |",
-                  "- Machine: CPU"]:
+                  "LoRACoE E=2 r=16", "LoRACoE r=16, warmup phase (no router)", "- Machine: CPU"]:
         assert label in text, label
 
 

@@ -12,6 +12,8 @@ Three measurements, all in one process so that every ratio compares like with li
 2. Layer: one OLMoE-shaped MoE block (hidden 2048, 64 experts top-8) forward + backward, each adapter against the
    frozen block alone; PERFT-R with many experts both on its dense and its sparse (grouped GEMM) path.
 3. LoRACoE's appendix C: the forward of a LoRACoE linear layer with the router fused into A's GEMM or not.
+4. LoRACoE against peft's LoRA at equal rank and targets (the paper's q, k, v, up, down) on a dense Llama-shaped
+   model, training steps side by side (and LoRACoE in its warmup phase: the same layer without the router).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ MODEL_BASELINE = "lora_attn:r=8"
 MODEL_METHODS = ["R:M=8,K=2", "E", "D:M=2", "S", "lora_experts", "loracoe:r=8,E=2"]
 LAYER_METHODS = ["R:r=8,M=8,K=2", "R:r=8,M=64,K=8", "E:r=8", "D:r=8,M=2", "S:r=16", "lora_experts:r=2"]
 TARGETS = {"PERFT-R": 1.03, "PERFT-E": 1.03, "LoRACoE (q,v)": 1.03}  # step-time ratio to the baseline
+PAPER_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # LoRACoE paper, appendix A
+LORACOE_TARGET = 1.02  # LoRACoE step time / peft LoRA step time, dense model, equal r and targets
 MEMORY_TARGET = 1.05
 
 
@@ -62,6 +66,20 @@ def mixtral_shaped(shape: ModelShape, num_hidden_layers: int | None = None, dtyp
                          num_key_value_heads=max(1, heads // 4), num_local_experts=shape.num_experts,
                          num_experts_per_tok=shape.top_k, vocab_size=shape.vocab_size,
                          max_position_embeddings=max(shape.seq_len, 128))
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def llama_shaped(shape: ModelShape, dtype=torch.float32, seed: int = 0):
+    """A randomly initialised dense Llama-shaped causal LM (FFN 11008/4096 x hidden, head dim 64, no GQA)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    heads = max(1, shape.hidden_size // 64)
+    config = AutoConfig.for_model("llama", hidden_size=shape.hidden_size, intermediate_size=shape.hidden_size * 11008 // 4096,
+                         num_hidden_layers=shape.num_hidden_layers, num_attention_heads=heads,
+                         num_key_value_heads=heads, vocab_size=shape.vocab_size,
+                         max_position_embeddings=max(shape.seq_len, 128), bos_token_id=1, eos_token_id=2,
+                         pad_token_id=0)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
@@ -162,6 +180,34 @@ def _measure(rows: list[Row], calls: dict, holders: dict, repeats: int, warmup: 
     times = interleaved_times(calls, repeats, device, progress=lambda r: tqdm(r, desc="timed repetitions"))
     for row in rows:
         row.times = times[row.label]
+
+
+def loracoe_benchmark(shape: ModelShape, r: int = 16, num_experts: int = 2, repeats: int = 30, warmup: int = 2,
+                      device=torch.device("cpu"), dtype=torch.float32, seed: int = 0) -> list[Row]:
+    """Training steps of peft LoRA, LoRACoE (joint phase) and LoRACoE in its warmup phase (no router) on a dense
+    Llama-shaped model, r and targets equal (PAPER_TARGETS), lora_alpha = 2r."""
+    from peft import LoraConfig, get_peft_model
+
+    from .. import LoraCoeConfig, set_loracoe_phase
+
+    base = llama_shaped(shape, dtype=dtype, seed=seed).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, shape.vocab_size, (shape.batch_size, shape.seq_len), generator=generator).to(device)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    coe = LoraCoeConfig(r=r, lora_alpha=2 * r, num_experts=num_experts, target_modules=PAPER_TARGETS)
+    variants = [(f"LoRA r={r}", LoraConfig(r=r, lora_alpha=2 * r, target_modules=PAPER_TARGETS), None),
+                (f"LoRACoE E={num_experts} r={r}", coe, "joint"),
+                (f"LoRACoE r={r}, warmup phase (no router)", copy.deepcopy(coe), "warmup")]
+    rows, steps, holders = [], {}, {}
+    for label, config, phase in variants:
+        model = get_peft_model(shared_copy(base), config).train()
+        if phase is not None:
+            set_loracoe_phase(model, phase)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        rows.append(Row(None, label, parameter_accounting(model).activated_trainable))
+        steps[label], holders[label] = _train_step(model, optimizer, batch, routed=False), (model, optimizer)
+    _measure(rows, steps, holders, repeats, warmup, device)
+    return rows
 
 
 def layer_benchmark(methods: list[str] = LAYER_METHODS, tokens: int = 512, repeats: int = 5, warmup: int = 1,
@@ -286,3 +332,20 @@ def fusion_table(times: dict[str, list[float]]) -> str:
     rows = [[name, _ms(sorted(t)[len(t) // 2]), _ratio(*paired_ratio(t, times["unfused"]))]
             for name, t in times.items()]
     return markdown_table(["LoRACoE forward", "time (ms, median)", "time / unfused (median [IQR])"], rows)
+
+
+def loracoe_table(rows: list[Row], tokens: int) -> str:
+    """The LoRACoE rows against the first (peft LoRA), with the LORACOE_TARGET for the joint phase."""
+    from .report import markdown_table
+
+    base = rows[0]
+    body = []
+    for index, row in enumerate(rows):
+        ratio = paired_ratio(row.times, base.times)
+        median = sorted(row.times)[len(row.times) // 2]
+        target = "-" if index != 1 else f"time <= {LORACOE_TARGET}: **{'met' if ratio[0] <= LORACOE_TARGET else 'missed'}**"
+        body.append([row.label, f"{row.activated:,}", _ms(median), f"{tokens / median:,.0f}", _ratio(*ratio),
+                     f"{row.flops / base.flops:.3f}", f"{row.memory / 2**20:,.0f}", target])
+    header = ["method", "# Act.", "step (ms, median)", "tokens/s", f"time / {base.label} (median [IQR])",
+              "FLOP floor", "peak memory (MiB)", "target"]
+    return markdown_table(header, body)

@@ -3,13 +3,14 @@
 The pieces, each in its own module: the record format and its check (``records``), the prompt templates copied
 byte for byte from LLM-Adapters (``prompts``), loading from a file, directory or Hub id (``loading``),
 tokenisation with LLM-Adapters' cutoff / EOS / label-masking rules (``tokenization``), the padding collator
-(``collate``), and bundled fixtures with a tokenizer built from their words for offline tiny runs (``fixtures``,
+(``collate``), the LoRACoE paper's commonsense + OrcaMath mixture (``mixture``), and bundled fixtures with a tokenizer built from their words for offline tiny runs (``fixtures``,
 ``tiny_tokenizer``). ``datasets`` is imported only by the functions that need it.
 """
 
 from .collate import ensure_pad_token, make_collator
 from .fixtures import FIXTURES_DIR, available_fixtures, fixture_path
 from .loading import load_llm_adapters_dataset
+from .mixture import ORCA_MATH, ORCA_MATH_FIXTURE, MixturePart, load_mixture, loracoe_mixture
 from .prompts import (
     EVAL_TEMPLATE_NO_INPUT,
     EVAL_TEMPLATE_WITH_INPUT,
@@ -31,6 +32,9 @@ __all__ = [
     "FIELDS",
     "FIXTURES_DIR",
     "IGNORE_INDEX",
+    "MixturePart",
+    "ORCA_MATH",
+    "ORCA_MATH_FIXTURE",
     "REQUIRED_FIELDS",
     "RESPONSE_MARKER",
     "RecordError",
@@ -44,6 +48,8 @@ __all__ = [
     "generate_eval_prompt",
     "generate_prompt",
     "load_llm_adapters_dataset",
+    "load_mixture",
+    "loracoe_mixture",
     "make_collator",
     "tiny_word_tokenizer",
     "tokenize_dataset",

@@ -35,14 +35,15 @@ class _Setting:
     kappa: float
 
 
-def composition_weights(logits: torch.Tensor, setting: _Setting, r: int) -> torch.Tensor:
-    """c(x) [..., r] in float32 from the router logits [..., router_rows]."""
+def rank_weights(logits: torch.Tensor, setting: _Setting, r: int) -> torch.Tensor:
+    """c(x) / norm in float32 from the router logits, norm = kappa / E (composition: the sum of the E softmaxes
+    over the r ranks, [..., r]) or kappa (partition: the softmax over the E groups, [..., E], one value for each
+    group's r/E ranks). The caller folds the constant norm into the output scale rather than spending an
+    elementwise op (and its backward) on it."""
     logits = logits.float()
     if setting.construction == "composition":
-        c = logits.unflatten(-1, (setting.num_experts, r)).softmax(dim=-1).mean(dim=-2)
-    else:
-        c = logits.softmax(dim=-1).repeat_interleave(r // setting.num_experts, dim=-1)
-    return c * setting.kappa
+        return logits.unflatten(-1, (setting.num_experts, r)).softmax(dim=-1).sum(dim=-2)
+    return logits.softmax(dim=-1)
 
 
 class LoraCoeLayer(nn.Module, BaseTunerLayer):
@@ -170,18 +171,33 @@ class LoraCoeLayer(nn.Module, BaseTunerLayer):
         A, B = self.loracoe_A[name], self.loracoe_B[name]
         h = self.loracoe_dropout[name](x.to(A.dtype))
         if self.loracoe_phase[name] == "warmup":
-            z = F.linear(h, A)
-        else:
-            router = self.loracoe_router[name]
-            if self.fuse_router:
-                z, logits = F.linear(h, torch.cat((A, router))).split((A.shape[0], router.shape[0]), dim=-1)
-            else:
-                z, logits = F.linear(h, A), F.linear(h, router)
-            c = composition_weights(logits, setting, A.shape[0])
-            if self.training:
-                self.rank_usage[name] = c.detach().reshape(-1, c.shape[-1]).mean(dim=0)
-            z = z * c.to(z.dtype)
-        return F.linear(z, B) * setting.scaling
+            return F.linear(F.linear(h, A), B) * setting.scaling
+        r = A.shape[0]
+        z, logits = self._ranks_and_logits(h, A, self.loracoe_router[name])
+        weights = rank_weights(logits, setting, r)
+        norm = setting.kappa / setting.num_experts if setting.construction == "composition" else setting.kappa
+        if self.training:
+            usage = weights.detach().reshape(-1, weights.shape[-1]).mean(dim=0) * norm
+            self.rank_usage[name] = usage.repeat_interleave(r // usage.shape[0])  # c per rank
+        if setting.construction == "composition":
+            z = z * weights.to(z.dtype)
+        else:  # each group's gate broadcast over its r/E ranks, c never materialised
+            z = (z.unflatten(-1, (setting.num_experts, -1)) * weights.unsqueeze(-1).to(z.dtype)).flatten(-2)
+        return F.linear(z, B) * (setting.scaling * norm)
+
+    def _ranks_and_logits(self, h: torch.Tensor, A: torch.Tensor,
+                          router: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A h, R h): one GEMM h [A; R]^T (appendix C) split afterwards, or two with ``fuse_router = False``.
+        Under a bf16/fp16 autocast the logits must stay float32 (a bf16 GEMM moves logits of ~10 by ~0.05), so
+        the GEMM runs in float32 as a whole, A's r rows with it: still one GEMM, whose extra cost over bf16 is
+        that of (E + 1) r output features, small next to the base layer's."""
+        device = h.device.type
+        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != torch.float32:
+            with torch.autocast(device, enabled=False):
+                return self._ranks_and_logits(h.float(), A, router)
+        if self.fuse_router:
+            return F.linear(h, torch.cat((A, router))).split((A.shape[0], router.shape[0]), dim=-1)
+        return F.linear(h, A), F.linear(h, router)
 
     def __repr__(self) -> str:
         return "loracoe." + super().__repr__()
