@@ -187,7 +187,8 @@ def load_training_data(args: argparse.Namespace, tokenizer, training_args):
     source = fixture_path(args.tiny_data) if args.tiny else args.data
     with training_args.main_process_first(desc="tokenising"):
         dataset = load_llm_adapters_dataset(source)
-        return tokenize_dataset(dataset, tokenizer, cutoff_len=args.cutoff_len, train_on_inputs=args.train_on_inputs)
+        return tokenize_dataset(dataset, tokenizer, cutoff_len=args.cutoff_len, train_on_inputs=args.train_on_inputs,
+                                source=str(source))
 
 
 # Flags that do not change what a run computes: left out of its identity.
