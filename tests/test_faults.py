@@ -87,13 +87,13 @@ def test_resume_skips_incomplete_checkpoint(tmp_path, capsys):
 # -- case 10: resuming a finished run ------------------------------------------------------------------------
 
 def test_resuming_a_finished_run_trains_nothing(tmp_path):
-    first = _trainer(tmp_path)
+    first = _trainer(tmp_path, max_steps=5)  # past an epoch's end (4 steps): transformers would train a 6th step
     first.train()
     final = {n: p.detach().clone() for n, p in first.model.named_parameters() if "perft_" in n}
-    again = _trainer(tmp_path)
+    again = _trainer(tmp_path, max_steps=5)
     again.train(resume_from_checkpoint=True)
-    assert again.state.global_step == 4
-    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert again.state.global_step == 5
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-5"]
     for name, parameter in again.model.named_parameters():
         if "perft_" in name:
             torch.testing.assert_close(parameter, final[name], atol=0, rtol=0)
