@@ -9,7 +9,9 @@ ZeRO-3: the TrainingArguments are created before the model, so ``from_pretrained
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -57,7 +59,11 @@ def parser(description: str, default_config: str | os.PathLike) -> argparse.Argu
                    help="with --val_set_size: end with the checkpoint of lowest validation loss (true/false)")
     p.add_argument("--seed", type=int)
     p.add_argument("--report_to", help="none, tensorboard, wandb, ...")
-    p.add_argument("--resume_from_checkpoint", help="a checkpoint directory, or 'true' for the latest")
+    p.add_argument("--resume_from_checkpoint",
+                   help="a checkpoint directory, or 'true' for the latest intact one; refused if another run (other "
+                        "settings) wrote it, and a no-op if --output_dir already holds this run's final adapter")
+    p.add_argument("--resume_from_other_run", action="store_true",
+                   help="resume even from a checkpoint whose run fingerprint differs from this run's")
     p.add_argument("--push_to_hub", action="store_true", help="upload the final adapter to --hub_model_id")
     p.add_argument("--hub_model_id", help="<user>/<repo> for --push_to_hub")
     p.add_argument("--probe_logits", action="store_true",
@@ -69,6 +75,9 @@ def parser(description: str, default_config: str | os.PathLike) -> argparse.Argu
 def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse flags over the YAML defaults; check what the flags alone cannot."""
     args = p.parse_args(argv)
+    if args.tiny and args.data is not None:
+        p.error("--tiny trains on a bundled fixture (--tiny_data) with a tokenizer built from its words; it cannot "
+                "use --data. Drop --tiny to train on --data, or choose a fixture with --tiny_data.")
     config = yaml.safe_load(Path(args.config).read_text()) or {}
     unknown = sorted(set(config) - {a.dest for a in p._actions})
     if unknown:
@@ -80,6 +89,9 @@ def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
         p.error("--push_to_hub needs --hub_model_id <user>/<repo>")
     if not args.tiny and not args.model:
         p.error("give --model (a Hub id or a local directory), or --tiny for an offline smoke run")
+    problem = check_numbers(args)
+    if problem:
+        p.error(problem)
     args.val_set_size = args.val_set_size or 0
     if args.tiny and args.val_set_size and args.tiny_val_set_size is not None:
         args.val_set_size = min(args.val_set_size, args.tiny_val_set_size)
@@ -92,6 +104,29 @@ def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     if args.batch_size % args.micro_batch_size:
         p.error(f"--batch_size {args.batch_size} is not a multiple of --micro_batch_size {args.micro_batch_size}")
     return args
+
+
+# Flags that must be > 0, or >= 0, when given; every float flag must be finite.
+POSITIVE = ("batch_size", "micro_batch_size", "cutoff_len", "learning_rate", "num_train_epochs", "logging_steps",
+            "save_steps", "r", "lora_alpha", "num_experts", "top_k", "loracoe_warmup_learning_rate")
+NON_NEGATIVE = ("warmup_steps", "router_aux_loss_coef", "lora_dropout", "loracoe_warmup_steps",
+                "loracoe_warmup_epochs")
+
+
+def check_numbers(args: argparse.Namespace) -> str | None:
+    """What is wrong with the numeric flags (after the config file is applied), or None."""
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"--{name} must be a finite number, got {value}"
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if name in POSITIVE and value <= 0:
+            return f"--{name} must be > 0, got {value}"
+        if name in NON_NEGATIVE and value < 0:
+            return f"--{name} must be >= 0, got {value}"
+    if args.max_steps == 0 or args.max_steps < -1:
+        return f"--max_steps must be a positive number of steps, or -1 for --num_train_epochs; got {args.max_steps}"
+    return None
 
 
 def _bool(text: str) -> bool:
@@ -158,16 +193,34 @@ def split_validation(dataset, args: argparse.Namespace):
 
 def build_tiny_base(args: argparse.Namespace) -> str:
     """--tiny: build and save the tiny base model and tokenizer once, on rank 0, before any DeepSpeed context
-    exists (built inside ZeRO-3's partitioning context on one rank, it would wait forever for the others)."""
+    exists (built inside ZeRO-3's partitioning context on one rank, it would wait forever for the others).
+    A tiny base of another family already there is refused: the adapter saved beside it depends on it."""
     from .data import tiny_word_tokenizer
     from .testing import tiny_moe
 
     path = os.path.join(args.output_dir, "tiny_base")
-    if int(os.environ.get("RANK", "0")) == 0 and not os.path.exists(os.path.join(path, "config.json")):
+    config = os.path.join(path, "config.json")
+    if os.path.exists(config):
+        family = json.loads(Path(config).read_text()).get("model_type")
+        if family != args.family:
+            raise ValueError(f"{path} holds a tiny {family} model, but this run asks for --family {args.family}: "
+                             "use another --output_dir (the adapter saved there is for that base).")
+    elif int(os.environ.get("RANK", "0")) == 0:
         tokenizer = tiny_word_tokenizer()
         tiny_moe(args.family, vocab_size=len(tokenizer), max_position_embeddings=256).save_pretrained(path)
         tokenizer.save_pretrained(path)
     return path
+
+
+def check_cutoff_len(path: str, cutoff_len: int) -> None:
+    """Refuse, before the weights are loaded, a --cutoff_len longer than the model's positions."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    limit = getattr(config.get_text_config(), "max_position_embeddings", None)
+    if isinstance(limit, int) and cutoff_len > limit:
+        raise ValueError(f"--cutoff_len {cutoff_len} is longer than the {limit} positions of {path} "
+                         "(max_position_embeddings): lower --cutoff_len.")
 
 
 def load_tokenizer_and_model(path: str, training_args):
@@ -186,37 +239,88 @@ def load_training_data(args: argparse.Namespace, tokenizer, training_args, load_
     source = fixture_path(args.tiny_data) if args.tiny else args.data
     with training_args.main_process_first(desc="tokenising"):
         dataset = load_records(args) if load_records is not None else load_llm_adapters_dataset(source)
-        return tokenize_dataset(dataset, tokenizer, cutoff_len=args.cutoff_len, train_on_inputs=args.train_on_inputs)
+        return tokenize_dataset(dataset, tokenizer, cutoff_len=args.cutoff_len, train_on_inputs=args.train_on_inputs,
+                                source=str(source))
+
+
+# Flags that do not change what a run computes: left out of its identity.
+NOT_IDENTITY = ("config", "output_dir", "resume_from_checkpoint", "resume_from_other_run", "push_to_hub",
+                "hub_model_id", "probe_logits", "report_to", "logging_steps", "save_steps")
+
+
+def run_identity(args: argparse.Namespace) -> dict:
+    """The flags that define the run, as saved in run_info.json."""
+    return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_IDENTITY}
+
+
+def finished_here(args: argparse.Namespace) -> bool:
+    """Whether --output_dir already holds this very run's final result (same identity, same length)."""
+    from .trainer.checkpoints import normalise
+
+    path = os.path.join(args.output_dir, "run_info.json")
+    if not os.path.isfile(path):
+        return False
+    saved = json.loads(Path(path).read_text()).get("run_identity")
+    return saved is not None and saved == normalise(run_identity(args))
 
 
 def run(args: argparse.Namespace, peft_config, load_records=None, **method_args):
     """Train ``peft_config`` on the base model and data the flags name (or ``load_records(args)``, see
-    load_training_data); save (and push) the final adapter."""
+    load_training_data); save (and push) the final adapter.
+
+    The main process holds a lock on --output_dir throughout; the final adapter, with run_info.json,
+    accounting.json, the routing statistics and the probe logits, is written to a staging folder and swapped
+    in as a whole. Returns the trainer, or None when --resume_from_checkpoint finds the run already finished.
+    """
+    from .trainer.output_dir import output_dir_lock, recover
+
+    main = int(os.environ.get("RANK", "0")) == 0
+    with output_dir_lock(args.output_dir) if main else contextlib.nullcontext():
+        if main:
+            recover(args.output_dir)
+        if args.resume_from_checkpoint and finished_here(args):
+            print(f"[perft-peft] {args.output_dir} already holds this run's final adapter: the run is finished, "
+                  "nothing to do", flush=True)
+            return None
+        return _train_and_publish(args, peft_config, load_records, **method_args)
+
+
+def _train_and_publish(args: argparse.Namespace, peft_config, load_records=None, **method_args):
     from peft import get_peft_model
 
     from . import hub
     from .accounting import parameter_accounting
     from .trainer import PerftTrainer
+    from .trainer.output_dir import publish, staging_dir
 
     model_path = build_tiny_base(args) if args.tiny else args.model
-    training_args = training_arguments(args, **method_args)
+    training_args = training_arguments(args, resume_from_other_run=args.resume_from_other_run, **method_args)
     print(f"[perft-peft] rank {training_args.process_index}/{training_args.world_size} ready", flush=True)
+    check_cutoff_len(model_path, args.cutoff_len)
     tokenizer, base = load_tokenizer_and_model(model_path, training_args)
     dataset, validation = split_validation(load_training_data(args, tokenizer, training_args, load_records), args)
     model = get_peft_model(base, peft_config)
     accounting = parameter_accounting(model)  # as configured: before the trainer may freeze a phase's parameters
     if training_args.process_index == 0:
         print(f"[perft-peft] {accounting}", flush=True)
+    identity = run_identity(args)
     trainer = PerftTrainer(model=model, args=training_args, train_dataset=dataset, eval_dataset=validation,
-                           data_collator=make_collator(tokenizer), processing_class=tokenizer)
+                           data_collator=make_collator(tokenizer), processing_class=tokenizer,
+                           run_identity={k: v for k, v in identity.items() if k not in ("max_steps",
+                                                                                         "num_train_epochs")})
+    trainer.routing_stats_on_train_end = False  # written into the staging folder, with the adapter
     resume = args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume == "true" else resume)
-    trainer.save_model(args.output_dir)  # gathers ZeRO-3 shards; writes on the main process only
+    staging = staging_dir(args.output_dir)
+    trainer.save_model(staging)  # gathers ZeRO-3 shards; writes on the main process only
     if args.probe_logits:
-        save_probe_logits(trainer, tokenizer, args.output_dir)
+        save_probe_logits(trainer, tokenizer, staging)
     if trainer.is_world_process_zero():
-        write_run_info(args, world_size=training_args.world_size)
-        hub.save_accounting(accounting, args.output_dir)  # for the model card: the saved folder cannot give it
+        trainer.routing.save(staging)
+        write_run_info(args, staging, world_size=training_args.world_size, global_step=trainer.state.global_step,
+                       run_identity=identity)
+        hub.save_accounting(accounting, staging)  # for the model card: the saved folder cannot give it
+        publish(staging, args.output_dir)
     trainer.accelerator.wait_for_everyone()  # before pushing, so a failed push cannot leave other ranks waiting
     if args.push_to_hub and trainer.is_world_process_zero():
         hub.push_adapter(args.output_dir, args.hub_model_id)
@@ -237,8 +341,10 @@ def save_probe_logits(trainer, tokenizer, output_dir: str) -> None:
                   os.path.join(output_dir, "probe_logits.safetensors"))
 
 
-def write_run_info(args: argparse.Namespace, **extra) -> None:
-    """A small JSON next to the adapter saying how it was made (flags, world size)."""
-    info = {**{k: v for k, v in vars(args).items() if k not in ("config",)}, **extra}
-    with open(os.path.join(args.output_dir, "run_info.json"), "w") as f:
+def write_run_info(args: argparse.Namespace, folder: str, **extra) -> None:
+    """A small JSON next to the adapter saying how it was made (flags, world size, steps, the run's identity)."""
+    from .trainer.checkpoints import normalise
+
+    info = normalise({**{k: v for k, v in vars(args).items() if k not in ("config",)}, **extra})
+    with open(os.path.join(folder, "run_info.json"), "w") as f:
         json.dump(info, f, indent=2, default=str)

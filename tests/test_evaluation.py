@@ -356,7 +356,7 @@ def test_flags_find_the_test_sets(tmp_path):
     assert list(tiny.sources) == ["boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "gsm8k"]
     for name in ("ARC-Easy", "AQuA"):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "test.json").write_text("[]")
+        (tmp_path / name / "test.json").write_text(json.dumps([RECORD]))  # parse checks the records too
     real = cli.parse(parser, ["--base_model", "b", "--data_dir", str(tmp_path), "--benchmarks", "AQuA", "arc-e",
                               "--output_dir", "o"])
     assert real.sources == {"ARC-Easy": tmp_path / "ARC-Easy" / "test.json", "AQuA": tmp_path / "AQuA" / "test.json"}

@@ -41,6 +41,12 @@ class PerftTrainingArguments(TrainingArguments):
                           "learning_rate, paper: 5e-5, with lr_scheduler_type). Default: learning_rate."},
     )
 
+    resume_from_other_run: bool = field(
+        default=False,
+        metadata={"help": "Resume from a checkpoint whose run fingerprint (adapter config, learning rate, seed, data, "
+                          "...) differs from this run's. Off: such a checkpoint is refused, listing the differences."},
+    )
+
     def __post_init__(self):
         super().__post_init__()
         for name in ("router_aux_loss_coef", "router_z_loss_coef"):

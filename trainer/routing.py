@@ -13,6 +13,14 @@ from perft_peft.loracoe.layer import LoraCoeLayer
 from perft_peft.perft.layer import PerftLayer
 
 
+STATE_NAME = "routing_state.json"  # in each checkpoint
+
+
+def _device(module: nn.Module):
+    parameter = next(module.parameters(), None)
+    return parameter.device if parameter is not None else None
+
+
 def _short(name: str) -> str:
     return name.removeprefix("base_model.model.").removeprefix("model.")
 
@@ -79,6 +87,30 @@ class RoutingStats:
         loracoe = {key: {"rank_usage": (total / batches).cpu().tolist(), "batches": batches}
                    for key, (total, batches) in self.rank_usage.items()}
         return {name: part for name, part in (("perft", perft), ("loracoe", loracoe)) if part}
+
+    def save_state(self, checkpoint: str) -> None:
+        """The run's totals so far, into a checkpoint, so that a resumed run's statistics cover the whole run."""
+        state = {"total": {key: counts.cpu().tolist() for key, counts in self.total.items()},
+                 "rank_usage": {key: [torch.as_tensor(total).cpu().tolist(), batches]
+                                for key, (total, batches) in self.rank_usage.items()}}
+        with open(os.path.join(checkpoint, STATE_NAME), "w") as f:
+            json.dump(state, f)
+
+    def load(self, checkpoint: str) -> None:
+        """Continue from a checkpoint's totals (a checkpoint without them starts the counts afresh, and says so)."""
+        path = os.path.join(checkpoint, STATE_NAME)
+        if not os.path.isfile(path):
+            if self.layers or self.loracoe_layers:
+                print(f"[perft-peft] {checkpoint} has no {STATE_NAME}: routing statistics cover the resumed steps "
+                      "only", flush=True)
+            return
+        with open(path) as f:
+            state = json.load(f)
+        devices = {name: _device(layer) for name, layer in self.layers + self.loracoe_layers}
+        self.total = {key: torch.tensor(counts, device=devices.get(key.rsplit("/", 1)[0]))
+                      for key, counts in state["total"].items()}
+        self.rank_usage = {key: [torch.tensor(total, device=devices.get(key.rsplit("/", 1)[0])), batches]
+                           for key, (total, batches) in state["rank_usage"].items()}
 
     def save(self, output_dir: str) -> list[str]:
         """Write routing_stats.json plus, per adapter, a heatmap with one row per layer: expert load (PERFT)

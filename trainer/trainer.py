@@ -6,22 +6,36 @@ The additions live in ``PerftTrainerMixin`` so they compose with other Trainer s
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback
 from transformers.optimization import get_scheduler
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import TrainerState
+from transformers.trainer_utils import TrainOutput
 
 from perft_peft import load_balancing_loss, router_z_loss
 from perft_peft.loracoe import LoraCoeLayer, set_loracoe_phase
 
+from . import checkpoints
 from .arguments import PerftTrainingArguments
+from .finite import NonFiniteError, check_finite_tensors, describe_non_finite_loss
+from .output_dir import output_dir_lock
 from .routing import RoutingStats
 
 # Defaults for the mixin when the Trainer's args are not PerftTrainingArguments (e.g. a plain SFTConfig).
 _DEFAULTS = {name: PerftTrainingArguments.__dataclass_fields__[name].default for name in (
     "router_aux_loss_coef", "router_z_loss_coef", "keep_base_aux_loss", "loracoe_warmup_steps",
-    "loracoe_warmup_epochs", "loracoe_warmup_learning_rate")}
+    "loracoe_warmup_epochs", "loracoe_warmup_learning_rate", "resume_from_other_run")}
+# The TrainingArguments that define what a run computes (its length excluded: a run may be resumed to go further).
+IDENTITY_ARGS = ("learning_rate", "seed", "data_seed", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
+                 "warmup_ratio", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim",
+                 "per_device_train_batch_size", "gradient_accumulation_steps", "world_size", "bf16", "fp16",
+                 *(name for name in _DEFAULTS if name != "resume_from_other_run"))
 
 
 def _two_phase(warmup_steps: int, warmup_ratio: float, joint):
@@ -34,10 +48,17 @@ def _two_phase(warmup_steps: int, warmup_ratio: float, joint):
 
 class PerftTrainerMixin:
     """Adds to a transformers Trainer: loss = model loss (+ base aux) + coefficients x PERFT router losses;
-    the LoRACoE warmup -> joint schedule driven by the global step; routing telemetry, plots and stats."""
+    the LoRACoE warmup -> joint schedule driven by the global step; routing telemetry, plots and stats; and the
+    guards of a run (DESIGN: nothing lost, nothing silently wrong): a lock on output_dir, a run fingerprint in
+    every checkpoint checked on resume, a stop at the first non-finite loss, no non-finite adapter saved.
 
-    def __init__(self, *args, **kwargs):
+    ``run_identity``: what else defines the run (data, base model, ...), added to the fingerprint.
+    """
+
+    def __init__(self, *args, run_identity: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.run_identity = dict(run_identity or {})
+        self.routing_stats_on_train_end = True  # a caller publishing its own final folder turns this off
         model = self.model
         self.loracoe_layers = [m for m in model.modules() if isinstance(m, LoraCoeLayer)]
         if self._arg("loracoe_warmup_steps") or self._arg("loracoe_warmup_epochs"):
@@ -71,6 +92,79 @@ class PerftTrainerMixin:
         # None means unset: trl's SFTConfig has its own `router_aux_loss_coef` (the base model's), default None.
         value = getattr(self.args, name, None)
         return _DEFAULTS[name] if value is None else value
+
+    # -- run guards ----------------------------------------------------------------------------------------
+
+    def run_fingerprint(self) -> dict:
+        """What defines this run: the adapter configs, the training settings that change the result, and
+        ``run_identity``. Written to output_dir and to every checkpoint; a resume must match it."""
+        model = self.accelerator.unwrap_model(self.model)
+        peft = {name: config.to_dict() for name, config in getattr(model, "peft_config", {}).items()}
+        training = {name: getattr(self.args, name, None) for name in IDENTITY_ARGS}
+        return checkpoints.normalise({"peft": peft, "training": training, "run": self.run_identity})
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        zero = self.is_world_process_zero()
+        with output_dir_lock(self.args.output_dir) if zero else contextlib.nullcontext():
+            if zero:
+                checkpoints.write_fingerprint(self.args.output_dir, self.run_fingerprint())
+            if resume_from_checkpoint:
+                resume_from_checkpoint = self._checked_checkpoint(resume_from_checkpoint)
+                done = checkpoints.finished_state(resume_from_checkpoint, self.args.max_steps,
+                                                  self.args.num_train_epochs)
+                if done is not None:
+                    return self._finished(resume_from_checkpoint)
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _checked_checkpoint(self, checkpoint) -> str:
+        """The checkpoint to resume from (the latest intact one for True), once it is known to be this run's and
+        to fit the model; its routing statistics are restored."""
+        path = checkpoints.latest_intact(self.args.output_dir) if checkpoint is True else str(checkpoint)
+        if not os.path.isfile(os.path.join(path, TRAINER_STATE_NAME)):
+            raise ValueError(f"{path} is not an intact checkpoint (no {TRAINER_STATE_NAME}: its save was "
+                             f"interrupted). Resume from an earlier checkpoint, or pass True for the latest intact.")
+        checkpoints.check_same_run(path, self.run_fingerprint(), bool(self._arg("resume_from_other_run")))
+        checkpoints.check_adapter_fits(path, self.accelerator.unwrap_model(self.model))
+        self.routing.load(path)
+        return path
+
+    def _finished(self, checkpoint: str):
+        """Resuming a checkpoint that ends the run trains nothing: the model gets its weights, as the finished
+        run left them."""
+        if self.is_deepspeed_enabled:
+            raise ValueError(f"{checkpoint} already ends this run: there is nothing left to train. Its adapter is "
+                             "the run's result.")
+        print(f"[perft-peft] {checkpoint} already ends this run: nothing left to train; loading its weights",
+              flush=True)
+        self._load_from_checkpoint(checkpoint)
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+        return TrainOutput(self.state.global_step, float("nan"), {})
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        # One host sync per micro-batch, as transformers' own logging_nan_inf_filter (which would hide this) does.
+        if not torch.isfinite(loss).all():
+            inputs = None if self.is_deepspeed_enabled else self._prepare_inputs(inputs)  # no lone ZeRO-3 forward
+            raise NonFiniteError(describe_non_finite_loss(self.accelerator.unwrap_model(model), inputs, loss,
+                                                          self.state.global_step + 1))
+        return loss
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if _internal_call and self.is_world_process_zero():  # a checkpoint: stamp it and keep the statistics
+            output_dir = output_dir or self.args.output_dir
+            checkpoints.write_fingerprint(output_dir, self.run_fingerprint())
+            self.routing.save_state(output_dir)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if self.args.should_save:
+            from peft.utils import get_peft_model_state_dict
+
+            model = self.accelerator.unwrap_model(self.model)
+            tensors = state_dict if state_dict is not None else (
+                get_peft_model_state_dict(model) if hasattr(model, "peft_config") else model.state_dict())
+            check_finite_tensors(tensors, output_dir or self.args.output_dir)
+        super()._save(output_dir, state_dict)
 
     # -- loss ------------------------------------------------------------------------------------------------
 
@@ -178,7 +272,7 @@ class _PerftCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.trainer.loracoe_layers:
             set_loracoe_phase(self.trainer.model, "joint")
-        if state.is_world_process_zero:
+        if state.is_world_process_zero and self.trainer.routing_stats_on_train_end:
             self.trainer.routing.save(args.output_dir)
 
 

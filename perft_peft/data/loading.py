@@ -7,10 +7,11 @@ records are checked here, where the file name is still known, rather than failin
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-from .records import EVAL_REQUIRED_FIELDS, REQUIRED_FIELDS, check_records
+from .records import EVAL_REQUIRED_FIELDS, REQUIRED_FIELDS, RecordError, check_records
 
 JSON_SUFFIXES = (".json", ".jsonl")
 
@@ -40,8 +41,16 @@ def load_llm_adapters_dataset(source: str | os.PathLike, split: str = "train", *
     path = Path(source).expanduser()
     if path.exists():
         file = _json_file(path, split)
-        dataset = datasets.load_dataset("json", data_files={split: str(file)}, split=split, **load_kwargs)
-        check_records(dataset, required, source=str(file))
+        try:
+            dataset = datasets.load_dataset("json", data_files={split: str(file)}, split=split, **load_kwargs)
+            check_records(dataset, required, source=str(file))
+        except Exception as error:  # datasets' own errors do not name the file, or mislead (a StopIteration)
+            problem = _diagnose(file)
+            if problem:
+                raise RecordError(f"{file}: {problem}") from error
+            if isinstance(error, RecordError):
+                raise
+            raise RecordError(f"{file}: could not be read as LLM-Adapters records: {error!r}") from error
         return dataset
     if _looks_like_path(str(source)):
         raise FileNotFoundError(f"No such data file or directory: {str(source)!r}.")
@@ -69,6 +78,37 @@ def _json_file(path: Path, split: str) -> Path:
     found = ", ".join(p.name for p in candidates) or "no JSON files"
     raise FileNotFoundError(f"{str(path)!r} has no {split}.json or {split}.jsonl, and not exactly one JSON file "
                             f"to use instead ({found}).")
+
+
+def _diagnose(file: Path) -> str | None:
+    """What is wrong with the file's structure (read only after loading failed), or None if nothing is."""
+    text = file.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        return "the file is empty: no records."
+    try:
+        if file.name.endswith(".jsonl"):
+            records = []
+            for number, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as error:
+                        return f"line {number} is not valid JSON ({error.msg}: column {error.colno})."
+        else:
+            records = json.loads(text)
+    except json.JSONDecodeError as error:
+        return (f"not valid JSON ({error.msg}: line {error.lineno}, column {error.colno}); a truncated or "
+                "partly written file?")
+    if isinstance(records, dict):
+        return "holds one JSON object; expected a list of records (LLM-Adapters' format) or JSON lines."
+    if not isinstance(records, list):
+        return f"holds a JSON {type(records).__name__}; expected a list of records."
+    if not records:
+        return "holds an empty list: no records."
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            return f"record {index} is a {type(record).__name__} ({str(record)[:40]!r}), not a JSON object."
+    return None
 
 
 def _looks_like_path(source: str) -> bool:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from .benchmarks import BENCHMARKS, fixture_benchmarks, resolve
+from .benchmarks import BENCHMARKS, fixture_benchmarks, get_benchmark, resolve
 from .protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from .report import EvalReport
-from .runner import check_settings, evaluate_benchmarks
+from .runner import _load_records, check_settings, evaluate_benchmarks
 
 RESULTS_JSON, RESULTS_MD, PREDICTIONS_JSON = "eval_results.json", "eval_results.md", "eval_predictions.json"
 
@@ -51,7 +51,8 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """Parse the flags and find every test set (``args.sources``: name -> path), or exit with what is wrong."""
+    """Parse the flags, find and check every test set (``args.sources``: name -> path; ``args.test_sets``: name ->
+    records), or exit with what is wrong."""
     args = p.parse_args(argv)
     if not (args.adapter or args.base_model):
         p.error("give --adapter (a directory or Hub repo id), --base_model, or both")
@@ -77,7 +78,12 @@ def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
         missing = [str(path) for path in args.sources.values() if not path.is_file()]
         if missing:
             p.error(f"missing test sets: {', '.join(missing)} (LLM-Adapters' dataset/<name>/test.json; see "
-                    "docs/evaluation.md for the download)")
+                    "README.md, section 'Getting the test sets', for the download)")
+    try:  # the records too: a bad one should not wait for the model to load
+        args.test_sets = {name: _load_records(get_benchmark(name), path, args.limit)
+                          for name, path in args.sources.items()}
+    except ValueError as error:
+        p.error(str(error))
     return args
 
 
@@ -110,7 +116,8 @@ def load_model_and_tokenizer(adapter: str | None, base_model: str | None = None,
 def run(args: argparse.Namespace) -> EvalReport:
     """Load, evaluate, write the results to ``args.output_dir`` and print the table."""
     model, tokenizer = load_model_and_tokenizer(args.adapter, args.base_model, args.revision, args.dtype)
-    report = evaluate_benchmarks(model, tokenizer, args.sources, batch_size=args.batch_size,
+    test_sets = getattr(args, "test_sets", None) or args.sources
+    report = evaluate_benchmarks(model, tokenizer, test_sets, batch_size=args.batch_size,
                                  max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, greedy=args.greedy,
                                  limit=args.limit, model_name=args.adapter or args.base_model,
                                  protocol=args.protocol)

@@ -7,6 +7,7 @@ from typing import Optional, Union
 
 from peft import PeftConfig, PeftType
 
+from ..checks import check_positive_number
 from ..perft.config import _check_int
 
 COMPOSITION_SCALES = ("rank", "none")
@@ -78,8 +79,7 @@ class LoraCoeConfig(PeftConfig):
         self.peft_type = PeftType.LORACOE
         _check_int("r", self.r)
         _check_int("num_experts", self.num_experts)
-        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
-            raise ValueError(f"lora_alpha must be a positive number, got {self.lora_alpha!r}.")
+        check_positive_number("lora_alpha", self.lora_alpha)
         if self.composition_scale not in COMPOSITION_SCALES:
             raise ValueError(f"composition_scale must be one of {COMPOSITION_SCALES}, got {self.composition_scale!r}.")
         if self.construction not in CONSTRUCTIONS:

@@ -8,6 +8,7 @@ from typing import Optional, Union
 from peft import PeftConfig, PeftType
 
 from ..init import INIT_CHOICES, PERFT_INIT
+from ..checks import check_positive_number
 
 VARIANTS = ("R", "E", "D", "S")
 EXPERT_TYPES = ("lora", "adapter")
@@ -124,8 +125,7 @@ class PerftConfig(PeftConfig):
             _check_int("top_k", self.top_k)
             if self.top_k > self.num_experts:
                 raise ValueError(f"top_k={self.top_k} is larger than num_experts={self.num_experts}.")
-        if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
-            raise ValueError(f"lora_alpha must be a positive number, got {self.lora_alpha!r}.")
+        check_positive_number("lora_alpha", self.lora_alpha)
         if self.expert_type not in EXPERT_TYPES:
             raise ValueError(f"expert_type must be one of {EXPERT_TYPES}, got {self.expert_type!r}.")
         if self.expert_type == "adapter":

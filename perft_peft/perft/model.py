@@ -8,6 +8,7 @@ from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from .. import moe
+from ..checks import check_layers_to_transform
 from ..targets import matched_targets
 from .config import PerftConfig
 from .layer import PerftLayer
@@ -45,9 +46,15 @@ class PerftModel(BaseTuner):
                 raise ValueError(f"No MoE experts module found in {type(model).__name__}. PERFT searched for "
                                  f"{moe.SEARCHED_FOR}. Pass `target_modules` to name the modules explicitly.")
             config.target_modules = sorted({name.rsplit(".", 1)[-1] for name in experts})
+        check_layers_to_transform(model, config.layers_to_transform)
         targets = list(matched_targets(model, config).items())
         model_config = getattr(model, "config", None)
         for name, module in targets:
+            if not (moe.is_experts_module(module) or moe.find_experts_modules(module)):
+                raise ValueError(f"PERFT adds experts beside a MoE block's experts, but {name} "
+                                 f"({type(module).__name__}) is neither an MoE experts module nor a block holding "
+                                 f"one. target_modules must name experts modules (or their MoE blocks); searched "
+                                 f"for {moe.SEARCHED_FOR}.")
             D = moe.hidden_size(module, model_config)
             N = moe.num_experts(module)
             if config.variant == "E" and (N is None or not moe.receives_routing(module)):
