@@ -89,7 +89,6 @@ def test_lora_refuses_loracoe_only_flags(loracoe, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("extra, peft_type", [
     (["--config", str(CONFIGS / "loracoe_lora.yaml")], "LORA"),
-    (["--config", str(CONFIGS / "loracoe_loramoe.yaml")], "LORACOE"),
     (["--num_experts", "4", "--save_without_router", "--loracoe_warmup_steps", "1"], "LORACOE"),
 ])
 def test_tiny_runs_of_baselines_and_ablations(tmp_path, extra, peft_type):
