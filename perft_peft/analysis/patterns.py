@@ -91,7 +91,7 @@ def plot_dimension_variance(result: RankImportance, path: str | os.PathLike, tit
     axes.bar(positions + 0.2, [v.io for v in groups.values()], width=0.4, label="d_or_k_avg")
     axes.set_xticks(positions.tolist(), labels=list(groups))
     axes.set_ylabel("mean variance of importance / its mean")
-    axes.set_title(title or "Variance of importance along the rank vs the input/output dimension")
+    axes.set_title(title or "Variance of importance: along the rank vs the input/output dimension", fontsize=9)
     axes.legend()
     return _save(figure, path)
 
@@ -99,7 +99,7 @@ def plot_dimension_variance(result: RankImportance, path: str | os.PathLike, tit
 def plot_correlations(results: Mapping[str, RankImportance], modules: list[str], path: str | os.PathLike,
                       title: str | None = None) -> str:
     """Figure 3: per module, the task x task (top) and rank x rank (bottom) correlation heatmaps."""
-    figure, axes = _figure(2, len(modules), (3.2 * len(modules), 6))
+    figure, axes = _figure(2, len(modules), (3 * len(modules) + 1, 6))
     axes = axes.reshape(2, len(modules))
     tasks = list(results)
     for column, module in enumerate(modules):
@@ -114,8 +114,9 @@ def plot_correlations(results: Mapping[str, RankImportance], modules: list[str],
                 ax.set_xlabel("rank")
                 ax.set_ylabel("rank")
             ax.set_title(module if row == 0 else "", fontsize=7)
-        figure.colorbar(image, ax=axes[:, column].tolist(), shrink=0.6)
-    figure.suptitle(title or "Correlation of per-rank importance: across tasks (top), across ranks (bottom)")
+    figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="Pearson correlation")
+    figure.suptitle(title or "Correlation of per-rank importance: across tasks (top), across ranks (bottom)",
+                    fontsize=9)
     return _save(figure, path)
 
 
@@ -124,7 +125,7 @@ def _figure(rows: int, columns: int, size: tuple[float, float]):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=size)
+    figure = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(rows, columns, squeeze=False)
     return figure, (axes[0, 0] if rows == columns == 1 else np.asarray(axes))
