@@ -3,11 +3,19 @@
 
     python recipes/loracoe.py --model Qwen/Qwen2-7B --data commonsense_170k.json --output_dir out/loracoe
     python recipes/loracoe.py --tiny --output_dir /tmp/run    # offline smoke run (bundled fixtures, both sets)
+
+The paper's baselines (4 epochs at 3e-4, r=16, same targets and data) and ablations (Tables 2-3):
+
+    python recipes/loracoe.py --config recipes/configs/loracoe_lora.yaml ...      # LoRA
+    python recipes/loracoe.py --config recipes/configs/loracoe_loramoe.yaml ...   # partition LoRAMoE, E=4
+    python recipes/loracoe.py --num_experts 4 ... / --r 32 --lora_alpha 64 ... / --no_warmup ...
+    python recipes/loracoe.py --save_without_router ...   # also <output_dir>/without_router: a plain LoRA
 """
 
 from pathlib import Path
 
 from perft_peft import LoraCoeConfig, recipe
+from perft_peft.loracoe import save_without_router
 from perft_peft.data import ORCA_MATH_FIXTURE, MixturePart, fixture_path, load_mixture
 
 p = recipe.parser(__doc__, Path(__file__).parent / "configs" / "loracoe.yaml")
@@ -15,6 +23,11 @@ p.add_argument("--math_data", help="OrcaMath (question/answer) Hub id or JSON(L)
                                    "--data alone")
 p.add_argument("--data_size", type=int, help="records sampled from --data (0: all)")
 p.add_argument("--math_data_size", type=int, help="records sampled from --math_data (0: all)")
+p.add_argument("--method", choices=["loracoe", "lora"],
+               help="loracoe (construction composition or partition), or the baseline: peft LoRA on the same targets")
+p.add_argument("--save_without_router", action="store_true",
+               help="ablation (Table 2): also save the trained A, B as a plain peft LoRA in <output_dir>/"
+                    "without_router (inference with c = 1)")
 p.add_argument("--r", type=int)
 p.add_argument("--lora_alpha", type=int)
 p.add_argument("--num_experts", type=int, help="E composite experts (partition: rank groups)")
@@ -38,7 +51,9 @@ def parse(argv=None):
     the other from the config file (else the config's epochs would make any --loracoe_warmup_steps an error)."""
     given = p.parse_args(argv)
     args = recipe.parse(p, argv)
-    if args.no_warmup:
+    if args.method == "lora" and (args.save_without_router or args.init_from_lora):
+        p.error("--save_without_router and --init_from_lora are for --method loracoe")
+    if args.no_warmup or args.method == "lora":
         if given.loracoe_warmup_steps or given.loracoe_warmup_epochs:
             p.error("--no_warmup contradicts --loracoe_warmup_steps/--loracoe_warmup_epochs")
         args.loracoe_warmup_steps = args.loracoe_warmup_epochs = args.loracoe_warmup_learning_rate = None
@@ -62,17 +77,30 @@ def mixture_parts(args) -> list[MixturePart]:
     return parts
 
 
+def peft_config(args):
+    """peft's LoraConfig for --method lora, else the LoraCoeConfig the flags describe."""
+    if args.method == "lora":
+        from peft import LoraConfig
+
+        return LoraConfig(r=args.r, lora_alpha=args.lora_alpha, target_modules=args.target_modules,
+                          lora_dropout=args.lora_dropout, task_type="CAUSAL_LM")
+    return LoraCoeConfig(r=args.r, lora_alpha=args.lora_alpha, num_experts=args.num_experts,
+                         target_modules=args.target_modules, lora_dropout=args.lora_dropout,
+                         construction=args.construction, composition_scale=args.composition_scale,
+                         init_from_lora=args.init_from_lora, task_type="CAUSAL_LM")
+
+
 def main(argv=None):
     args = parse(argv)
-    config = LoraCoeConfig(r=args.r, lora_alpha=args.lora_alpha, num_experts=args.num_experts,
-                           target_modules=args.target_modules, lora_dropout=args.lora_dropout,
-                           construction=args.construction, composition_scale=args.composition_scale,
-                           init_from_lora=args.init_from_lora, task_type="CAUSAL_LM")
     parts = mixture_parts(args)
-    return recipe.run(args, config, load_records=lambda args: load_mixture(parts, seed=args.seed),
-                      loracoe_warmup_epochs=args.loracoe_warmup_epochs,
-                      loracoe_warmup_steps=args.loracoe_warmup_steps,
-                      loracoe_warmup_learning_rate=args.loracoe_warmup_learning_rate)
+    warmup = {} if args.method == "lora" else dict(
+        loracoe_warmup_epochs=args.loracoe_warmup_epochs, loracoe_warmup_steps=args.loracoe_warmup_steps,
+        loracoe_warmup_learning_rate=args.loracoe_warmup_learning_rate)
+    trainer = recipe.run(args, peft_config(args), load_records=lambda args: load_mixture(parts, seed=args.seed),
+                         **warmup)
+    if args.save_without_router and trainer.is_world_process_zero():
+        save_without_router(trainer.accelerator.unwrap_model(trainer.model), Path(args.output_dir) / "without_router")
+    return trainer
 
 
 if __name__ == "__main__":

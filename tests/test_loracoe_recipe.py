@@ -49,3 +49,56 @@ def test_no_warmup(loracoe, tmp_path):
     assert not training.uses_loracoe_warmup and training.loracoe_warmup_learning_rate is None
     with pytest.raises(SystemExit):
         loracoe["parse"](["--tiny", "--output_dir", str(tmp_path), "--no_warmup", "--loracoe_warmup_steps", "2"])
+
+
+CONFIGS = RECIPE.parent / "configs"
+
+
+def test_lora_baseline_config(loracoe, tmp_path):
+    from peft import LoraConfig
+
+    args, training = training_args(loracoe, ["--config", str(CONFIGS / "loracoe_lora.yaml")], tmp_path)
+    config = loracoe["peft_config"](args)
+    assert isinstance(config, LoraConfig) and (config.r, config.lora_alpha) == (16, 32)
+    assert config.target_modules == {"q_proj", "k_proj", "v_proj", "up_proj", "down_proj"}
+    assert (training.num_train_epochs, training.learning_rate) == (4, 3e-4) and not training.uses_loracoe_warmup
+    assert loracoe["mixture_parts"](args)[1].format == "orca_math"  # the same data as LoRACoE
+
+
+def test_loramoe_baseline_config(loracoe, tmp_path):
+    args, training = training_args(loracoe, ["--config", str(CONFIGS / "loracoe_loramoe.yaml")], tmp_path)
+    config = loracoe["peft_config"](args)
+    assert (config.construction, config.num_experts, config.r, config.lora_alpha) == ("partition", 4, 16, 32)
+    assert config.target_modules == ["down_proj", "k_proj", "q_proj", "up_proj", "v_proj"]
+    assert (training.num_train_epochs, training.learning_rate) == (4, 3e-4) and not training.uses_loracoe_warmup
+
+
+@pytest.mark.parametrize("flags, expected", [(["--num_experts", "8"], ("composition", 8, 16)),
+                                             (["--r", "32", "--lora_alpha", "64"], ("composition", 2, 32))])
+def test_ablation_flags(loracoe, tmp_path, flags, expected):
+    args, _ = training_args(loracoe, flags, tmp_path)
+    config = loracoe["peft_config"](args)
+    assert (config.construction, config.num_experts, config.r) == expected
+
+
+def test_lora_refuses_loracoe_only_flags(loracoe, tmp_path):
+    with pytest.raises(SystemExit):
+        loracoe["parse"](["--tiny", "--output_dir", str(tmp_path), "--method", "lora", "--save_without_router"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra, peft_type", [
+    (["--config", str(CONFIGS / "loracoe_lora.yaml")], "LORA"),
+    (["--num_experts", "4", "--save_without_router", "--loracoe_warmup_steps", "1"], "LORACOE"),
+])
+def test_tiny_runs_of_baselines_and_ablations(tmp_path, extra, peft_type):
+    import json
+
+    from .test_recipes import FAST, _check_adapter_matches_probe, _run
+
+    out = _run([RECIPE, "--tiny", "--output_dir", tmp_path, *FAST, *extra])
+    assert "Give loracoe_warmup_steps or loracoe_warmup_epochs" not in out
+    assert _check_adapter_matches_probe(tmp_path)["peft_type"] == peft_type
+    if "--save_without_router" in extra:
+        config = json.loads((tmp_path / "without_router" / "adapter_config.json").read_text())
+        assert config["peft_type"] == "LORA" and config["base_model_name_or_path"] == str(tmp_path / "tiny_base")
