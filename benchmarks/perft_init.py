@@ -1,6 +1,6 @@
 """Which initialisation should PerftConfig default to? Both, at the paper's learning rate and at the sweep's.
 
-    OMP_NUM_THREADS=1 python benchmarks/perft_init.py                      # ~10 min on 2 CPUs (3 of them pre-training)
+    OMP_NUM_THREADS=1 python benchmarks/perft_init.py    # ~20 min on a shared 2-core CPU (11 pre-training, cached)
     python benchmarks/perft_init.py --methods R:M=8,K=2 --learning_rates 1e-5 2e-5 --max_steps 300
 
 Fine-tunes PERFT adapters on the paper sweep's synthetic base and tasks (perft_peft/bench/sweep.py) with

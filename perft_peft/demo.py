@@ -236,7 +236,9 @@ def run(args) -> dict:
           f"fine-tune on, {len(test_pairs)} others to test on")
     base_result = evaluate(base, test)
     torch.manual_seed(args.seed)
-    model = get_peft_model(base, PerftConfig(variant="R", num_experts=4, top_k=2, r=8, lora_alpha=16))
+    # peft LoRA's initialisation (B = 0): the fresh adapter computes exactly the base model, as shown below.
+    model = get_peft_model(base, PerftConfig(variant="R", num_experts=4, top_k=2, r=8, lora_alpha=16,
+                                             init_weights=True))
     accounting = parameter_accounting(model)
     print(f"   PERFT-R adapter: 4 PEFT experts (rank 8) with their own top-2 router beside each of the {layers} MoE "
           f"blocks, base model frozen\n   {accounting}")

@@ -17,7 +17,8 @@ def init_lora_factors(A: torch.Tensor, B: torch.Tensor, init_weights: bool | str
     """``True``: A as peft LoRA's Kaiming-uniform(a=sqrt(5)) over width d, i.e. U(-1/sqrt(d), 1/sqrt(d)), and
     B = 0, so B A = 0 and the adapted model equals the base model at step 0. ``False``: B random too, for tests
     and debugging. ``"perft"``: the PERFT authors' A ~ N(0, 2/r), B ~ N(0, 1e-12), whose A is about
-    sqrt(6 d / r) times wider than Kaiming's: with Adam at the paper's small learning rates that trains faster."""
+    sqrt(6 d / r) times wider than Kaiming's: with Adam at the paper's small learning rates that trains faster
+    (PERFT's default, chosen by benchmarks/perft_init.py)."""
     if init_weights not in INIT_CHOICES:
         raise ValueError(f"init_weights must be True, False or {PERFT_INIT!r}, got {init_weights!r}.")
     r, d = A.shape[-2], A.shape[-1]

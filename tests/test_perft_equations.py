@@ -141,7 +141,7 @@ def test_identity_at_initialisation(family, variant, expert_type, input_ids):
     with torch.no_grad():
         expected = base(input_ids).logits
     model = get_peft_model(base, PerftConfig(variant=variant, r=4, expert_type=expert_type, adapter_act="gelu",
-                                             **VARIANT_KWARGS[variant]))
+                                             init_weights=True, **VARIANT_KWARGS[variant]))
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids).logits, expected, atol=0, rtol=0)
 

@@ -43,8 +43,21 @@ def test_perft_init_statistics():
                                                                        layer.perft_B["default"]))
 
 
-def test_default_init_is_identity_and_bounded():
-    model = get_peft_model(base_model("mixtral"), PerftConfig(variant="S", r=4))
+def test_default_init_is_the_authors(input_ids):
+    """The default (chosen by benchmarks/perft_init.py) is "perft": B ~ 1e-6, so the model is close to the base model
+    (here within 1e-2 of its logits) but not equal to it."""
+    assert PerftConfig(variant="S").init_weights == "perft"
+    base = base_model("mixtral")
+    with torch.no_grad():
+        expected = base(input_ids).logits
+        model = get_peft_model(base, PerftConfig(variant="S", r=4))
+        logits = model(input_ids).logits
+    assert not torch.equal(logits, expected)
+    torch.testing.assert_close(logits, expected, atol=1e-2, rtol=0)
+
+
+def test_peft_lora_init_is_identity_and_bounded():
+    model = get_peft_model(base_model("mixtral"), PerftConfig(variant="S", r=4, init_weights=True))
     for layer in _layers(model):
         assert torch.count_nonzero(layer.perft_B["default"]) == 0
         assert layer.perft_A["default"].abs().max() <= 1 / math.sqrt(layer.hidden_size)

@@ -93,7 +93,7 @@ def test_base_model_router_logits_still_reach_transformers():
     ids = torch.randint(3, 128, (2, 6), generator=torch.Generator().manual_seed(0))
     base = base_model()
     expected = base(ids, labels=ids, output_router_logits=True)
-    model = get_peft_model(base_model(), PerftConfig(variant="R", r=4, num_experts=4, top_k=2))
+    model = get_peft_model(base_model(), PerftConfig(variant="R", r=4, num_experts=4, top_k=2, init_weights=True))
     out = model(ids, labels=ids, output_router_logits=True)
     assert len(out.router_logits) == 2 and all(r.shape == (12, 8) for r in out.router_logits)
     torch.testing.assert_close(out.aux_loss, expected.aux_loss)

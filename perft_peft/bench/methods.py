@@ -8,7 +8,8 @@
     loracoe:r=8,E=2   LoRACoE on W_q, W_v, E composite experts (joint phase: router on)
     loramoe:r=8,E=4   the partition-based LoRAMoE baseline on W_q, W_v
 
-``lora_alpha`` is 2r everywhere (the papers' setting), so every method starts with the same update scale.
+``lora_alpha`` is 2r everywhere (the papers' setting), so every method starts with the same update scale, and PERFT
+uses peft LoRA's initialisation (B = 0) like the baselines (``benchmarks/perft_init.py`` compares the two).
 """
 
 from __future__ import annotations
@@ -56,10 +57,12 @@ class Method:
         from .. import LoraCoeConfig, PerftConfig
 
         alpha = 2 * self.r
+        # PERFT with peft LoRA's initialisation (B = 0), like every baseline here, so all methods start alike.
         if self.kind in ("R", "D"):
-            return PerftConfig(variant=self.kind, r=self.r, lora_alpha=alpha, num_experts=self.M, top_k=self.K)
+            return PerftConfig(variant=self.kind, r=self.r, lora_alpha=alpha, num_experts=self.M, top_k=self.K,
+                               init_weights=True)
         if self.kind in ("E", "S"):
-            return PerftConfig(variant=self.kind, r=self.r, lora_alpha=alpha)
+            return PerftConfig(variant=self.kind, r=self.r, lora_alpha=alpha, init_weights=True)
         if self.kind in ("loracoe", "loramoe"):
             return LoraCoeConfig(r=self.r, lora_alpha=alpha, num_experts=self.E, target_modules=ATTENTION,
                                  construction="composition" if self.kind == "loracoe" else "partition")

@@ -77,11 +77,12 @@ class PerftConfig(PeftConfig):
                           "`layers` (as in peft LoRA)."},
     )
     init_weights: Union[bool, str] = field(
-        default=True,
-        metadata={"help": "True: A like peft LoRA (Kaiming uniform), B = 0, so the adapted model equals the base "
-                          "model at step 0. 'perft': the PERFT authors' A ~ N(0, 2/r), B ~ 1e-6 N(0, 1) "
-                          "(commonsense/utils.py, init_trainable_parameters). False: B random as well (for tests "
-                          "and debugging)."},
+        default=PERFT_INIT,
+        metadata={"help": "'perft' (default): the PERFT authors' A ~ N(0, 2/r), B ~ 1e-6 N(0, 1) (commonsense/"
+                          "utils.py, init_trainable_parameters); it trained faster than True in the README's "
+                          "measurement (benchmarks/perft_init.py). True: A like peft LoRA (Kaiming uniform), B = 0, "
+                          "so the adapted model equals the base model exactly at step 0. False: B random as well "
+                          "(for tests and debugging)."},
     )
     modules_to_save: Optional[list[str]] = field(
         default=None,
