@@ -150,12 +150,14 @@ def build_tiny_base(args: argparse.Namespace) -> str:
 
     path = os.path.join(args.output_dir, "tiny_base")
     config = os.path.join(path, "config.json")
+    if int(os.environ.get("RANK", "0")) != 0:
+        return path  # rank 0 builds it; the others read it once it is there (main_process_first)
     if os.path.exists(config):
         family = json.loads(Path(config).read_text()).get("model_type")
         if family != args.family:
             raise ValueError(f"{path} holds a tiny {family} model, but this run asks for --family {args.family}: "
                              "use another --output_dir (the adapter saved there is for that base).")
-    elif int(os.environ.get("RANK", "0")) == 0:
+    else:
         tokenizer = tiny_word_tokenizer()
         tiny_moe(args.family, vocab_size=len(tokenizer), max_position_embeddings=256).save_pretrained(path)
         tokenizer.save_pretrained(path)
@@ -173,11 +175,12 @@ def check_cutoff_len(path: str, cutoff_len: int) -> None:
                          "(max_position_embeddings): lower --cutoff_len.")
 
 
-def load_tokenizer_and_model(path: str, training_args):
+def load_tokenizer_and_model(path: str, training_args, cutoff_len: int):
     """The base model (partitioned on load under ZeRO-3) and its tokenizer, once the main process has them."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with training_args.main_process_first(desc="base model"):
+        check_cutoff_len(path, cutoff_len)
         tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(path))
     dtype = torch.bfloat16 if training_args.bf16 else torch.float32
     return tokenizer, AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -243,8 +246,7 @@ def _train_and_publish(args: argparse.Namespace, peft_config, **method_args):
     model_path = build_tiny_base(args) if args.tiny else args.model
     training_args = training_arguments(args, resume_from_other_run=args.resume_from_other_run, **method_args)
     print(f"[perft-peft] rank {training_args.process_index}/{training_args.world_size} ready", flush=True)
-    check_cutoff_len(model_path, args.cutoff_len)
-    tokenizer, base = load_tokenizer_and_model(model_path, training_args)
+    tokenizer, base = load_tokenizer_and_model(model_path, training_args, args.cutoff_len)
     dataset = load_training_data(args, tokenizer, training_args)
     model = get_peft_model(base, peft_config)
     accounting = parameter_accounting(model)  # as configured: before the trainer may freeze a phase's parameters
