@@ -196,7 +196,8 @@ def load_training_data(args: argparse.Namespace, tokenizer, training_args):
 
 # Flags that do not change what a run computes: left out of its identity.
 NOT_IDENTITY = ("config", "output_dir", "resume_from_checkpoint", "resume_from_other_run", "push_to_hub",
-                "hub_model_id", "probe_logits", "report_to", "logging_steps", "save_steps")
+                "hub_model_id", "probe_logits", "report_to", "logging_steps", "save_steps", "gradient_checkpointing",
+                "micro_batch_size")
 
 
 def run_identity(args: argparse.Namespace) -> dict:
@@ -232,16 +233,16 @@ def run(args: argparse.Namespace, peft_config, **method_args):
             print(f"[perft-peft] {args.output_dir} already holds this run's final adapter: the run is finished, "
                   "nothing to do", flush=True)
             return None
-        return _train_and_publish(args, peft_config, **method_args)
+        return _train_and_save(args, peft_config, **method_args)
 
 
-def _train_and_publish(args: argparse.Namespace, peft_config, **method_args):
+def _train_and_save(args: argparse.Namespace, peft_config, **method_args):
     from peft import get_peft_model
+    from safetensors.torch import save_file
 
     from . import hub
     from .accounting import parameter_accounting
     from .trainer import PerftTrainer
-    from .trainer.output_dir import publish, staging_dir
 
     model_path = build_tiny_base(args) if args.tiny else args.model
     training_args = training_arguments(args, resume_from_other_run=args.resume_from_other_run, **method_args)
@@ -257,19 +258,20 @@ def _train_and_publish(args: argparse.Namespace, peft_config, **method_args):
                            data_collator=make_collator(tokenizer), processing_class=tokenizer,
                            run_identity={k: v for k, v in identity.items() if k not in ("max_steps",
                                                                                          "num_train_epochs")})
-    trainer.routing_stats_on_train_end = False  # written into the staging folder, with the adapter
+    trainer.routing_stats_on_train_end = False  # written with the adapter, below
     resume = args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume == "true" else resume)
-    staging = staging_dir(args.output_dir)
-    trainer.save_model(staging)  # gathers ZeRO-3 shards; writes on the main process only
-    if args.probe_logits:
-        save_probe_logits(trainer, tokenizer, staging)
-    if trainer.is_world_process_zero():
-        trainer.routing.save(staging)
-        write_run_info(args, staging, world_size=training_args.world_size, global_step=trainer.state.global_step,
+    probe = probe_logits(trainer, tokenizer) if args.probe_logits else None  # every rank: ZeRO-3 gathers
+
+    def beside_the_adapter(folder: str) -> None:
+        trainer.routing.save(folder)
+        write_run_info(args, folder, world_size=training_args.world_size, global_step=trainer.state.global_step,
                        run_identity=identity)
-        hub.save_accounting(accounting, staging)  # for the model card: the saved folder cannot give it
-        publish(staging, args.output_dir)
+        hub.save_accounting(accounting, folder)  # for the model card: the saved folder cannot give it
+        if probe is not None:
+            save_file(probe, os.path.join(folder, "probe_logits.safetensors"))
+
+    trainer.save_model(args.output_dir, extra=beside_the_adapter)  # one swap: the adapter and all of the above
     trainer.accelerator.wait_for_everyone()  # before pushing, so a failed push cannot leave other ranks waiting
     if args.push_to_hub and trainer.is_world_process_zero():
         hub.push_adapter(args.output_dir, args.hub_model_id)
@@ -277,17 +279,12 @@ def _train_and_publish(args: argparse.Namespace, peft_config, **method_args):
 
 
 @torch.no_grad()
-def save_probe_logits(trainer, tokenizer, output_dir: str) -> None:
+def probe_logits(trainer, tokenizer) -> dict[str, torch.Tensor]:
     """Logits of the trained model on PROBE_TEXT, computed by every rank together (ZeRO-3 gathers as it goes)."""
-    from safetensors.torch import save_file
-
     model = trainer.model_wrapped
     model.eval()
     batch = tokenizer(PROBE_TEXT, return_tensors="pt").to(trainer.args.device)
-    logits = model(**batch).logits.float().cpu()
-    if trainer.is_world_process_zero():
-        save_file({"input_ids": batch["input_ids"].cpu(), "logits": logits},
-                  os.path.join(output_dir, "probe_logits.safetensors"))
+    return {"input_ids": batch["input_ids"].cpu(), "logits": model(**batch).logits.float().cpu()}
 
 
 def write_run_info(args: argparse.Namespace, folder: str, **extra) -> None:
