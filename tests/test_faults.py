@@ -128,6 +128,13 @@ def test_nan_in_base_router_stops_training_at_first_step(tmp_path):
     assert not list(tmp_path.glob("checkpoint-*")) and not (tmp_path / "adapter_model.safetensors").exists()
 
 
+def test_batch_without_labels_is_named_as_the_cause(tmp_path):
+    trainer = _trainer(tmp_path, save_strategy="no")
+    trainer.train_dataset = trainer.train_dataset.map(lambda row: {"labels": [-100] * len(row["labels"])})
+    with pytest.raises(NonFiniteError, match=r"at step 1.*No token of this batch has a label"):
+        trainer.train()
+
+
 def test_nan_adapter_is_never_saved(tmp_path):
     trainer = _trainer(tmp_path, max_steps=1)
     trainer.train()

@@ -144,9 +144,9 @@ class PerftTrainerMixin:
         loss = super().training_step(model, inputs, *args, **kwargs)
         # One host sync per micro-batch, as transformers' own logging_nan_inf_filter (which would hide this) does.
         if not torch.isfinite(loss).all():
-            inputs = None if self.is_deepspeed_enabled else self._prepare_inputs(inputs)  # no lone ZeRO-3 forward
-            raise NonFiniteError(describe_non_finite_loss(self.accelerator.unwrap_model(model), inputs, loss,
-                                                          self.state.global_step + 1))
+            raise NonFiniteError(describe_non_finite_loss(
+                self.accelerator.unwrap_model(model), self._prepare_inputs(inputs), loss, self.state.global_step + 1,
+                trace_forward=not self.is_deepspeed_enabled))
         return loss
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False, *, extra=None) -> None:
