@@ -200,12 +200,14 @@ def build_tiny_base(args: argparse.Namespace) -> str:
 
     path = os.path.join(args.output_dir, "tiny_base")
     config = os.path.join(path, "config.json")
+    if int(os.environ.get("RANK", "0")) != 0:
+        return path  # rank 0 builds it; the others read it once it is there (main_process_first)
     if os.path.exists(config):
         family = json.loads(Path(config).read_text()).get("model_type")
         if family != args.family:
             raise ValueError(f"{path} holds a tiny {family} model, but this run asks for --family {args.family}: "
                              "use another --output_dir (the adapter saved there is for that base).")
-    elif int(os.environ.get("RANK", "0")) == 0:
+    else:
         tokenizer = tiny_word_tokenizer()
         tiny_moe(args.family, vocab_size=len(tokenizer), max_position_embeddings=256).save_pretrained(path)
         tokenizer.save_pretrained(path)
@@ -223,11 +225,12 @@ def check_cutoff_len(path: str, cutoff_len: int) -> None:
                          "(max_position_embeddings): lower --cutoff_len.")
 
 
-def load_tokenizer_and_model(path: str, training_args):
+def load_tokenizer_and_model(path: str, training_args, cutoff_len: int):
     """The base model (partitioned on load under ZeRO-3) and its tokenizer, once the main process has them."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with training_args.main_process_first(desc="base model"):
+        check_cutoff_len(path, cutoff_len)
         tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(path))
     dtype = torch.bfloat16 if training_args.bf16 else torch.float32
     return tokenizer, AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -245,7 +248,8 @@ def load_training_data(args: argparse.Namespace, tokenizer, training_args, load_
 
 # Flags that do not change what a run computes: left out of its identity.
 NOT_IDENTITY = ("config", "output_dir", "resume_from_checkpoint", "resume_from_other_run", "push_to_hub",
-                "hub_model_id", "probe_logits", "report_to", "logging_steps", "save_steps")
+                "hub_model_id", "probe_logits", "report_to", "logging_steps", "save_steps", "gradient_checkpointing",
+                "micro_batch_size")
 
 
 def run_identity(args: argparse.Namespace) -> dict:
@@ -282,22 +286,21 @@ def run(args: argparse.Namespace, peft_config, load_records=None, **method_args)
             print(f"[perft-peft] {args.output_dir} already holds this run's final adapter: the run is finished, "
                   "nothing to do", flush=True)
             return None
-        return _train_and_publish(args, peft_config, load_records, **method_args)
+        return _train_and_save(args, peft_config, load_records, **method_args)
 
 
-def _train_and_publish(args: argparse.Namespace, peft_config, load_records=None, **method_args):
+def _train_and_save(args: argparse.Namespace, peft_config, load_records=None, **method_args):
     from peft import get_peft_model
+    from safetensors.torch import save_file
 
     from . import hub
     from .accounting import parameter_accounting
     from .trainer import PerftTrainer
-    from .trainer.output_dir import publish, staging_dir
 
     model_path = build_tiny_base(args) if args.tiny else args.model
     training_args = training_arguments(args, resume_from_other_run=args.resume_from_other_run, **method_args)
     print(f"[perft-peft] rank {training_args.process_index}/{training_args.world_size} ready", flush=True)
-    check_cutoff_len(model_path, args.cutoff_len)
-    tokenizer, base = load_tokenizer_and_model(model_path, training_args)
+    tokenizer, base = load_tokenizer_and_model(model_path, training_args, args.cutoff_len)
     dataset, validation = split_validation(load_training_data(args, tokenizer, training_args, load_records), args)
     model = get_peft_model(base, peft_config)
     accounting = parameter_accounting(model)  # as configured: before the trainer may freeze a phase's parameters
@@ -308,19 +311,20 @@ def _train_and_publish(args: argparse.Namespace, peft_config, load_records=None,
                            data_collator=make_collator(tokenizer), processing_class=tokenizer,
                            run_identity={k: v for k, v in identity.items() if k not in ("max_steps",
                                                                                          "num_train_epochs")})
-    trainer.routing_stats_on_train_end = False  # written into the staging folder, with the adapter
+    trainer.routing_stats_on_train_end = False  # written with the adapter, below
     resume = args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume == "true" else resume)
-    staging = staging_dir(args.output_dir)
-    trainer.save_model(staging)  # gathers ZeRO-3 shards; writes on the main process only
-    if args.probe_logits:
-        save_probe_logits(trainer, tokenizer, staging)
-    if trainer.is_world_process_zero():
-        trainer.routing.save(staging)
-        write_run_info(args, staging, world_size=training_args.world_size, global_step=trainer.state.global_step,
+    probe = probe_logits(trainer, tokenizer) if args.probe_logits else None  # every rank: ZeRO-3 gathers
+
+    def beside_the_adapter(folder: str) -> None:
+        trainer.routing.save(folder)
+        write_run_info(args, folder, world_size=training_args.world_size, global_step=trainer.state.global_step,
                        run_identity=identity)
-        hub.save_accounting(accounting, staging)  # for the model card: the saved folder cannot give it
-        publish(staging, args.output_dir)
+        hub.save_accounting(accounting, folder)  # for the model card: the saved folder cannot give it
+        if probe is not None:
+            save_file(probe, os.path.join(folder, "probe_logits.safetensors"))
+
+    trainer.save_model(args.output_dir, extra=beside_the_adapter)  # one swap: the adapter and all of the above
     trainer.accelerator.wait_for_everyone()  # before pushing, so a failed push cannot leave other ranks waiting
     if args.push_to_hub and trainer.is_world_process_zero():
         hub.push_adapter(args.output_dir, args.hub_model_id)
@@ -328,17 +332,12 @@ def _train_and_publish(args: argparse.Namespace, peft_config, load_records=None,
 
 
 @torch.no_grad()
-def save_probe_logits(trainer, tokenizer, output_dir: str) -> None:
+def probe_logits(trainer, tokenizer) -> dict[str, torch.Tensor]:
     """Logits of the trained model on PROBE_TEXT, computed by every rank together (ZeRO-3 gathers as it goes)."""
-    from safetensors.torch import save_file
-
     model = trainer.model_wrapped
     model.eval()
     batch = tokenizer(PROBE_TEXT, return_tensors="pt").to(trainer.args.device)
-    logits = model(**batch).logits.float().cpu()
-    if trainer.is_world_process_zero():
-        save_file({"input_ids": batch["input_ids"].cpu(), "logits": logits},
-                  os.path.join(output_dir, "probe_logits.safetensors"))
+    return {"input_ids": batch["input_ids"].cpu(), "logits": model(**batch).logits.float().cpu()}
 
 
 def write_run_info(args: argparse.Namespace, folder: str, **extra) -> None:

@@ -159,6 +159,14 @@ def test_lora_alpha_must_be_finite(config, alpha):
         config(lora_alpha=alpha)
 
 
+@pytest.mark.parametrize("name", ["router_aux_loss_coef", "router_z_loss_coef", "loracoe_warmup_learning_rate"])
+def test_training_arguments_must_be_finite(tmp_path, name):
+    from perft_peft.trainer import PerftTrainingArguments
+
+    with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+        PerftTrainingArguments(output_dir=str(tmp_path), use_cpu=True, **{name: math.nan})
+
+
 def test_layers_to_transform_beyond_the_model():
     model = base_model()
     with pytest.raises(ValueError, match=r"layers_to_transform=\[1, 5\]: MixtralForCausalLM has 2 layers"):

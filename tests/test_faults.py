@@ -128,6 +128,13 @@ def test_nan_in_base_router_stops_training_at_first_step(tmp_path):
     assert not list(tmp_path.glob("checkpoint-*")) and not (tmp_path / "adapter_model.safetensors").exists()
 
 
+def test_batch_without_labels_is_named_as_the_cause(tmp_path):
+    trainer = _trainer(tmp_path, save_strategy="no")
+    trainer.train_dataset = trainer.train_dataset.map(lambda row: {"labels": [-100] * len(row["labels"])})
+    with pytest.raises(NonFiniteError, match=r"at step 1.*No token of this batch has a label"):
+        trainer.train()
+
+
 def test_nan_adapter_is_never_saved(tmp_path):
     trainer = _trainer(tmp_path, max_steps=1)
     trainer.train()
@@ -238,3 +245,29 @@ def test_recover_drops_a_half_written_staging_folder(tmp_path):
     (staging / "adapter_model.safetensors").write_text("half")
     recover(out)
     assert not staging.exists() and _versions(out)["adapter_model.safetensors"] == "adapter_model.safetensors v1"
+
+
+def test_final_save_interrupted_between_weights_and_config_keeps_the_old_adapter(tmp_path, monkeypatch):
+    """peft writes adapter_model.safetensors, then adapter_config.json: a kill in between used to leave new
+    weights beside the old config, a folder that loads and matches neither run."""
+    from peft.config import PeftConfigMixin
+
+    trainer = _trainer(tmp_path / "run", max_steps=1)
+    trainer.train()
+    out = tmp_path / "final"
+    trainer.save_model(str(out))
+    before = {name: (out / name).read_bytes() for name in ("adapter_config.json", "adapter_model.safetensors")}
+    trainer.train()  # other weights
+    trainer.model.peft_config["default"].lora_alpha = 7  # and another config
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(PeftConfigMixin, "save_pretrained", killed)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_model(str(out))
+    assert {name: (out / name).read_bytes() for name in before} == before
+    monkeypatch.undo()
+    trainer.save_model(str(out))
+    assert json.loads((out / "adapter_config.json").read_text())["lora_alpha"] == 7
+    assert not (tmp_path / ".final.staging").exists()

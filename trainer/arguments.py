@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -49,6 +50,10 @@ class PerftTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        for name in ("router_aux_loss_coef", "router_z_loss_coef", "loracoe_warmup_epochs",
+                     "loracoe_warmup_learning_rate"):
+            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}.")
         for name in ("router_aux_loss_coef", "router_z_loss_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")

@@ -100,10 +100,10 @@ def check_adapter_fits(checkpoint: str, model) -> None:
                          f"{'; '.join(problems[:5])}): it was made for another adapter configuration.")
 
 
-def finished_state(checkpoint: str, max_steps: int, num_train_epochs: float) -> dict | None:
-    """The checkpoint's trainer state if it is already at the end of a run of this length, else None."""
+def ends_run(checkpoint: str, max_steps: int, num_train_epochs: float) -> bool:
+    """Whether the checkpoint is already at the end of a run of this length (``max_steps``, else epochs)."""
     with open(os.path.join(checkpoint, TRAINER_STATE_NAME)) as f:
         state = json.load(f)
     end = max_steps if max_steps > 0 else state.get("max_steps")
     same_length = max_steps > 0 or state.get("num_train_epochs") == num_train_epochs
-    return state if same_length and end and state.get("global_step", 0) >= end else None
+    return bool(same_length and end and state.get("global_step", 0) >= end)

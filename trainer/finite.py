@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from perft_peft.data.tokenization import IGNORE_INDEX
+
 
 class NonFiniteError(FloatingPointError):
     """A loss or an adapter tensor that is NaN or infinite."""
@@ -47,12 +49,20 @@ def first_non_finite_module(model: nn.Module, inputs: dict) -> str | None:
     return first[0] if first else None
 
 
-def describe_non_finite_loss(model: nn.Module, inputs: dict | None, loss: torch.Tensor, step: int) -> str:
+def describe_non_finite_loss(model: nn.Module, inputs: dict, loss: torch.Tensor, step: int,
+                             trace_forward: bool = True) -> str:
+    """Why the loss is non-finite: a batch without labels, non-finite parameters, and (``trace_forward``, not
+    under ZeRO-3 where one rank cannot run a forward alone) the first module whose output is non-finite."""
     message = f"The training loss is {float(loss)} at step {step}: training stopped, nothing more is saved."
+    labels = inputs.get("labels")
+    if torch.is_tensor(labels) and not (labels != IGNORE_INDEX).any():
+        return message + (f" No token of this batch has a label (every label is {IGNORE_INDEX}), so the loss is "
+                          "0/0: drop the examples that masking leaves without a label (tokenize_dataset warns with "
+                          "their count), or raise cutoff_len.")
     parameters = non_finite_parameters(model)
     if parameters:
         message += f" Non-finite parameters: {', '.join(parameters)}."
-    module = first_non_finite_module(model, inputs) if inputs is not None else None
+    module = first_non_finite_module(model, inputs) if trace_forward else None
     if module:
         message += f" The first module with a non-finite output is {module}."
     if not parameters:

@@ -24,7 +24,7 @@ from perft_peft.loracoe import LoraCoeLayer, set_loracoe_phase
 from . import checkpoints
 from .arguments import PerftTrainingArguments
 from .finite import NonFiniteError, check_finite_tensors, describe_non_finite_loss
-from .output_dir import output_dir_lock
+from .output_dir import output_dir_lock, publish, recover, staging_dir
 from .routing import RoutingStats
 
 # Defaults for the mixin when the Trainer's args are not PerftTrainingArguments (e.g. a plain SFTConfig).
@@ -32,10 +32,10 @@ _DEFAULTS = {name: PerftTrainingArguments.__dataclass_fields__[name].default for
     "router_aux_loss_coef", "router_z_loss_coef", "keep_base_aux_loss", "loracoe_warmup_steps",
     "loracoe_warmup_epochs", "loracoe_warmup_learning_rate", "resume_from_other_run")}
 # The TrainingArguments that define what a run computes (its length excluded: a run may be resumed to go further).
+# The batch enters as its global size, so a run may resume on another number of devices.
 IDENTITY_ARGS = ("learning_rate", "seed", "data_seed", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
                  "warmup_ratio", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim",
-                 "per_device_train_batch_size", "gradient_accumulation_steps", "world_size", "bf16", "fp16",
-                 *(name for name in _DEFAULTS if name != "resume_from_other_run"))
+                 "bf16", "fp16", *(name for name in _DEFAULTS if name != "resume_from_other_run"))
 
 
 def _two_phase(warmup_steps: int, warmup_ratio: float, joint):
@@ -101,6 +101,8 @@ class PerftTrainerMixin:
         model = self.accelerator.unwrap_model(self.model)
         peft = {name: config.to_dict() for name, config in getattr(model, "peft_config", {}).items()}
         training = {name: getattr(self.args, name, None) for name in IDENTITY_ARGS}
+        training["global_batch_size"] = (self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+                                         * self.args.world_size)
         return checkpoints.normalise({"peft": peft, "training": training, "run": self.run_identity})
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
@@ -110,9 +112,7 @@ class PerftTrainerMixin:
                 checkpoints.write_fingerprint(self.args.output_dir, self.run_fingerprint())
             if resume_from_checkpoint:
                 resume_from_checkpoint = self._checked_checkpoint(resume_from_checkpoint)
-                done = checkpoints.finished_state(resume_from_checkpoint, self.args.max_steps,
-                                                  self.args.num_train_epochs)
-                if done is not None:
+                if checkpoints.ends_run(resume_from_checkpoint, self.args.max_steps, self.args.num_train_epochs):
                     return self._finished(resume_from_checkpoint)
             return super().train(resume_from_checkpoint, *args, **kwargs)
 
@@ -144,17 +144,34 @@ class PerftTrainerMixin:
         loss = super().training_step(model, inputs, *args, **kwargs)
         # One host sync per micro-batch, as transformers' own logging_nan_inf_filter (which would hide this) does.
         if not torch.isfinite(loss).all():
-            inputs = None if self.is_deepspeed_enabled else self._prepare_inputs(inputs)  # no lone ZeRO-3 forward
-            raise NonFiniteError(describe_non_finite_loss(self.accelerator.unwrap_model(model), inputs, loss,
-                                                          self.state.global_step + 1))
+            raise NonFiniteError(describe_non_finite_loss(
+                self.accelerator.unwrap_model(model), self._prepare_inputs(inputs), loss, self.state.global_step + 1,
+                trace_forward=not self.is_deepspeed_enabled))
         return loss
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        super().save_model(output_dir, _internal_call)
-        if _internal_call and self.is_world_process_zero():  # a checkpoint: stamp it and keep the statistics
-            output_dir = output_dir or self.args.output_dir
-            checkpoints.write_fingerprint(output_dir, self.run_fingerprint())
-            self.routing.save_state(output_dir)
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False, *, extra=None) -> None:
+        """A checkpoint (``_internal_call``) is stamped with the run fingerprint and the routing totals. A final
+        save is written to a staging folder beside ``output_dir`` and swapped in as a whole (output_dir.publish):
+        a reader sees the previous adapter or the new one, never a mix. ``extra(folder)``, run on the main
+        process before the swap, adds files that belong with the adapter (run_info.json, ...)."""
+        output_dir = output_dir or self.args.output_dir
+        if _internal_call:
+            super().save_model(output_dir, _internal_call)
+            if self.is_world_process_zero():
+                checkpoints.write_fingerprint(output_dir, self.run_fingerprint())
+                self.routing.save_state(output_dir)
+            return
+        zero = self.is_world_process_zero()
+        with output_dir_lock(output_dir) if zero else contextlib.nullcontext():
+            staging = staging_dir(output_dir)
+            if zero:
+                recover(output_dir)  # also drops a staging folder a failed save left
+            super().save_model(staging)  # every rank: ZeRO-3 gathers the shards; the main process writes
+            if zero:
+                if extra is not None:
+                    extra(staging)
+                publish(staging, output_dir)
+        self.accelerator.wait_for_everyone()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if self.args.should_save:

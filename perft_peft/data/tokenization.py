@@ -78,7 +78,8 @@ def tokenize_dataset(dataset, tokenizer, cutoff_len: int = 256, train_on_inputs:
             raise ValueError(f"{source}: none of the {len(tokenized)} examples has a token left to learn: {why}. "
                              "Raise cutoff_len, or set train_on_inputs=True.")
         warnings.warn(f"{source}: {unlabelled} of {len(tokenized)} examples have no token left to learn ({why}); "
-                      "they add nothing to the loss.", stacklevel=2)
+                      "they add nothing to the loss, and a batch made only of them makes it 0/0 (NaN), which stops "
+                      "PerftTrainer. Filter them out, raise cutoff_len, or set train_on_inputs=True.", stacklevel=2)
     return tokenized
 
 
