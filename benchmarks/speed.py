@@ -8,6 +8,7 @@ What is measured and how: perft_peft/bench/speed.py. The result (markdown, with 
 """
 
 import argparse
+import time
 from pathlib import Path
 
 import torch
@@ -51,11 +52,17 @@ g.add_argument("--loracoe_layers", type=int, default=4)
 g.add_argument("--loracoe_r", type=int, default=16)
 g.add_argument("--loracoe_experts", type=int, default=2)
 g.add_argument("--loracoe_repeats", type=int, default=30)
+g.add_argument("--loracoe_clock", choices=["wall", "process"], default="wall",
+               help="process: this process's CPU time (time.process_time), less disturbed by other processes on a "
+                    "shared machine; use with one torch thread (--threads 1)")
+p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
 p.add_argument("--sections", nargs="+", default=["model", "layer", "fusion", "loracoe"],
                choices=["model", "layer", "fusion", "loracoe"], help="which benchmarks to run")
 
 if __name__ == "__main__":
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     shape = speed.ModelShape(args.hidden_size, args.layers, args.experts, args.top_k, args.batch_size, args.seq_len,
                              args.vocab_size)
@@ -85,12 +92,14 @@ if __name__ == "__main__":
     if "loracoe" in args.sections:
         dense = speed.ModelShape(args.loracoe_hidden_size, args.loracoe_layers, 0, 0, args.batch_size, args.seq_len,
                                  args.vocab_size)
+        clock = time.process_time if args.loracoe_clock == "process" else time.perf_counter
         rows = speed.loracoe_benchmark(dense, args.loracoe_r, args.loracoe_experts, args.loracoe_repeats,
-                                       args.warmup, device, dtype, args.seed)
+                                       args.warmup, device, dtype, args.seed, clock=clock)
         sections += [
             f"## LoRACoE against peft LoRA, r={args.loracoe_r}, targets {', '.join(speed.PAPER_TARGETS)}: dense "
             f"Llama-shaped model (hidden {dense.hidden_size}, {dense.num_hidden_layers} layers, {dense.batch_size} "
-            f"x {dense.seq_len} tokens, {args.dtype})", "", speed.loracoe_table(rows, dense.tokens), ""]
+            f"x {dense.seq_len} tokens, {args.dtype}; {args.loracoe_clock} time)", "",
+            speed.loracoe_table(rows, dense.tokens), ""]
     text = "\n".join([
         *sections,
         "Ratios are medians over repetitions of the ratio measured in the same repetition (interquartile range in "

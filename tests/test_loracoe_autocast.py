@@ -52,3 +52,25 @@ def test_autocast_keeps_router_logits_float32_in_one_gemm(dtype, construction):
     torch.testing.assert_close(layer.rank_usage["default"].double(), expected, atol=2e-6, rtol=1e-5)
     y.float().sum().backward()
     assert R.grad is not None and R.grad.dtype == torch.float32 and R.grad.abs().sum() > 0
+
+
+def test_bf16_training_through_perft_trainer_keeps_logits_float32(tmp_path, monkeypatch):
+    """As PERFT's router is tested (tests/test_trainer.py): PerftTrainer with bf16=True autocasts the forward."""
+    import perft_peft.loracoe.layer as layer_module
+    from perft_peft.trainer import PerftTrainer
+
+    from .test_trainer import _args, _dataset, _loracoe_model
+
+    seen = []
+    rank_weights = layer_module.rank_weights
+
+    def recording(logits, *args):
+        seen.append((logits.dtype, torch.is_autocast_enabled("cpu")))
+        return rank_weights(logits, *args)
+
+    monkeypatch.setattr(layer_module, "rank_weights", recording)
+    trainer = PerftTrainer(model=_loracoe_model(), args=_args(tmp_path, bf16=True, max_steps=2),
+                           train_dataset=_dataset())
+    trainer.train()
+    assert seen and all(dtype == torch.float32 for dtype, _ in seen)
+    assert any(autocast for _, autocast in seen), "the forward ran under autocast"

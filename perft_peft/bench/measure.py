@@ -14,8 +14,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds one call of ``fn`` takes: CUDA events around it on GPU, perf_counter on CPU."""
+def timed(fn: Callable[[], object], device: torch.device, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds one call of ``fn`` takes: CUDA events around it on GPU, ``clock`` on CPU (wall time by default;
+    ``time.process_time`` counts only this process's CPU time, which other processes on a shared machine disturb
+    far less)."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -23,20 +25,21 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
         end.record()
         torch.cuda.synchronize(device)
         return start.elapsed_time(end) / 1000.0
-    begin = time.perf_counter()
+    begin = clock()
     fn()
-    return time.perf_counter() - begin
+    return clock() - begin
 
 
 def interleaved_times(calls: dict[str, Callable[[], object]], repeats: int, device: torch.device,
-                      progress: Callable[[Iterable], Iterable] = iter) -> dict[str, list[float]]:
+                      progress: Callable[[Iterable], Iterable] = iter,
+                      clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
     """Time every call once per repetition, in an order rotated each repetition, so drift in the machine's speed
     (thermals, other processes) falls on all of them alike instead of on whichever ran last."""
     names = list(calls)
     times: dict[str, list[float]] = {name: [] for name in names}
     for rep in progress(range(repeats)):
         for name in names[rep % len(names):] + names[:rep % len(names)]:
-            times[name].append(timed(calls[name], device))
+            times[name].append(timed(calls[name], device, clock))
     return times
 
 

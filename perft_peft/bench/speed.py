@@ -19,6 +19,7 @@ Three measurements, all in one process so that every ratio compares like with li
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -172,21 +173,24 @@ def model_benchmark(shape: ModelShape, methods: list[str], baseline: str = MODEL
     return rows
 
 
-def _measure(rows: list[Row], calls: dict, holders: dict, repeats: int, warmup: int, device) -> None:
+def _measure(rows: list[Row], calls: dict, holders: dict, repeats: int, warmup: int, device,
+             clock=time.perf_counter) -> None:
     for row in tqdm(rows, desc="warm up, count FLOPs, measure memory"):
         for _ in range(warmup):  # first calls allocate optimizer state and warm caches
             calls[row.label]()
         row.flops = count_flops(calls[row.label])
         row.memory = peak_memory(calls[row.label], device, *holders.get(row.label, ()))
-    times = interleaved_times(calls, repeats, device, progress=lambda r: tqdm(r, desc="timed repetitions"))
+    times = interleaved_times(calls, repeats, device, progress=lambda r: tqdm(r, desc="timed repetitions"),
+                              clock=clock)
     for row in rows:
         row.times = times[row.label]
 
 
 def loracoe_benchmark(shape: ModelShape, r: int = 16, num_experts: int = 2, repeats: int = 30, warmup: int = 2,
-                      device=torch.device("cpu"), dtype=torch.float32, seed: int = 0) -> list[Row]:
+                      device=torch.device("cpu"), dtype=torch.float32, seed: int = 0,
+                      clock=time.perf_counter) -> list[Row]:
     """Training steps of peft LoRA, LoRACoE (joint phase) and LoRACoE in its warmup phase (no router) on a dense
-    Llama-shaped model, r and targets equal (PAPER_TARGETS), lora_alpha = 2r."""
+    Llama-shaped model, r and targets equal (PAPER_TARGETS), lora_alpha = 2r. ``clock``: see measure.timed."""
     from peft import LoraConfig, get_peft_model
 
     from .. import LoraCoeConfig, set_loracoe_phase
@@ -207,7 +211,7 @@ def loracoe_benchmark(shape: ModelShape, r: int = 16, num_experts: int = 2, repe
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         rows.append(Row(None, label, parameter_accounting(model).activated_trainable))
         steps[label], holders[label] = _train_step(model, optimizer, batch, routed=False), (model, optimizer)
-    _measure(rows, steps, holders, repeats, warmup, device)
+    _measure(rows, steps, holders, repeats, warmup, device, clock)
     return rows
 
 
