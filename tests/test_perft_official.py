@@ -133,6 +133,8 @@ def test_recipe_configs_are_the_authors_training(script, lr, norm):
     adapter = _recipe_args(script, ["--expert_type", "adapter"])
     assert adapter.adapter_act == "silu" and recipe.perft_alpha(adapter) == adapter.r  # scale 1
     assert recipe.perft_alpha(_recipe_args(script, ["--lora_alpha", "3"])) == 3
+    if script == "olmoe_perft":
+        assert args.gate_weights == "router"
     training = recipe.training_arguments(args)
     assert (training.eval_strategy, training.eval_steps, training.load_best_model_at_end) == ("steps", 80, True)
     assert training.metric_for_best_model == "eval_loss"
