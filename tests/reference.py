@@ -15,9 +15,11 @@ def expert_delta(h, A, B, scaling, act):
     return scaling * (B.double() @ z)
 
 
-def perft_term(variant, h, tensors, scaling, act=None, top_k=None, routing=None, norm_topk_prob=False):
-    """The variant's added term for tokens h [T, D]; ``routing`` = (index [T,K], weights [T,K]) for E;
-    ``norm_topk_prob``: R's top-K probabilities divided by their sum (the authors' Mixtral routing)."""
+def perft_term(variant, h, tensors, scaling, act=None, top_k=None, routing=None, norm_topk_prob=False,
+               base_gates=False):
+    """The variant's added term for tokens h [T, D]; ``routing`` = the model's (index [T,K], weights [T,K]), for E
+    and ``base_gates``; ``norm_topk_prob``: R's top-K probabilities divided by their sum (the authors' Mixtral
+    routing); ``base_gates``: R's k-th chosen expert weighted by the model's k-th weight (their OLMoE code)."""
     A, B = tensors["perft_A"], tensors["perft_B"]
     out = torch.zeros(h.shape, dtype=torch.float64)
     for t in range(h.shape[0]):
@@ -31,6 +33,8 @@ def perft_term(variant, h, tensors, scaling, act=None, top_k=None, routing=None,
             if norm_topk_prob:
                 total = sum(g for _, g in pairs)
                 pairs = [(j, g / total) for j, g in pairs]
+            if base_gates:
+                pairs = [(j, float(routing[1][t][k])) for k, (j, _) in enumerate(pairs)]
         else:
             index, weights = routing
             pairs = [(int(i), float(w)) for i, w in zip(index[t], weights[t])]

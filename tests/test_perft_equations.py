@@ -48,10 +48,11 @@ def _reference_logits(family, ids, config, by_module, plain=None):
     def hook_for(tensors):
         def hook(module, args, output):
             h = args[0].reshape(-1, args[0].shape[-1])
-            routing = (args[1], args[2]) if config.variant == "E" else None
+            routing = (args[1], args[2]) if config.variant == "E" or config.gate_weights == "base" else None
             term = perft_term(config.variant, h, tensors, config.lora_alpha / config.r,
                               act=config.adapter_act if config.expert_type == "adapter" else None,
-                              top_k=config.top_k, routing=routing, norm_topk_prob=config.norm_topk_prob)
+                              top_k=config.top_k, routing=routing, norm_topk_prob=config.norm_topk_prob,
+                              base_gates=config.gate_weights == "base")
             return output + term.reshape(output.shape).to(output.dtype)
         return hook
 

@@ -133,6 +133,8 @@ def test_recipe_configs_are_the_authors_training(script, lr, norm):
     adapter = _recipe_args(script, ["--expert_type", "adapter"])
     assert adapter.adapter_act == "silu" and recipe.perft_alpha(adapter) == adapter.r  # scale 1
     assert recipe.perft_alpha(_recipe_args(script, ["--lora_alpha", "3"])) == 3
+    if script == "olmoe_perft":
+        assert args.gate_weights == "router"
     training = recipe.training_arguments(args)
     assert (training.eval_strategy, training.eval_steps, training.load_best_model_at_end) == ("steps", 80, True)
     assert training.metric_for_best_model == "eval_loss"
@@ -183,3 +185,41 @@ def test_tiny_recipe_run_validates_and_keeps_the_best(tmp_path):
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert [e["step"] for e in state["log_history"] if "eval_loss" in e] == [2, 4]
     assert state["best_model_checkpoint"] is not None
+
+
+# -- the authors' OLMoE PERFT-R gates: the model router's weights ------------------------------------------------
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("family", ["olmoe", "mixtral"])
+def test_base_gate_weights_equal_equations(family, sparse, input_ids, tmp_path):
+    """gate_weights='base' (modeling_olmoe.py line 882): the PEFT router picks K experts; the k-th pick is weighted
+    by the model router's k-th top-k weight for the token. Saved and loaded with the adapter."""
+    config = PerftConfig(variant="R", num_experts=4, top_k=2, r=4, lora_alpha=8, init_weights=False,
+                         gate_weights="base")
+    model = get_peft_model(base_model(family), config)
+    _randomise_routers(model)
+    if sparse:
+        _force_sparse(model)
+    with torch.no_grad():
+        logits = model(input_ids).logits
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["gate_weights"] == "base"
+    tensors = _adapter_tensors(tmp_path)
+    expected = _reference_logits(family, input_ids, config, tensors)
+    torch.testing.assert_close(logits, expected.to(logits.dtype), atol=2e-5, rtol=1e-4)
+    own = PerftConfig(**{**config.to_dict(), "gate_weights": "router", "peft_type": None})
+    assert not torch.allclose(logits, _reference_logits(family, input_ids, own, tensors).to(logits.dtype),
+                              atol=1e-3), "the switch must matter"
+    loaded = PeftModel.from_pretrained(base_model(family), tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids).logits, logits, atol=1e-6, rtol=1e-5)
+
+
+def test_base_gate_weights_bad_input():
+    for kwargs in (dict(variant="D"), dict(variant="R", norm_topk_prob=True), dict(variant="R", gate_weights="x")):
+        with pytest.raises(ValueError, match="gate_weights"):
+            PerftConfig(**{"gate_weights": "base", **kwargs})
+    with pytest.raises(ValueError, match="top_k=3 exceeds the model's 2"):  # tiny models route top-2
+        get_peft_model(base_model("olmoe"), PerftConfig(variant="R", num_experts=4, top_k=3, gate_weights="base"))
+    with pytest.raises(ValueError, match="does not receive routing"):
+        get_peft_model(base_model("gpt_oss"), PerftConfig(variant="R", target_modules=["mlp"], gate_weights="base"))

@@ -12,6 +12,7 @@ from ..checks import check_positive_number
 
 VARIANTS = ("R", "E", "D", "S")
 EXPERT_TYPES = ("lora", "adapter")
+GATE_WEIGHTS = ("router", "base")
 # Defaults where the user leaves the multiplicity unset: the paper's common PERFT-R (Top2/4) and PERFT-D (4).
 DEFAULT_NUM_EXPERTS = 4
 DEFAULT_TOP_K = 2
@@ -47,6 +48,14 @@ class PerftConfig(PeftConfig):
                           "(transformers' name for the same switch of the models' own routers). False = Eq. 7 "
                           "of the paper (TopK of the softmax, not renormalised); True = the authors' Mixtral code "
                           "(mixtral_modification/modeling_mixtral.py, line 1013)."},
+    )
+    gate_weights: str = field(
+        default="router",
+        metadata={"help": "PERFT-R only. 'router' (Eq. 7): the PEFT router's top-K probabilities weight the chosen "
+                          "PEFT experts. 'base': the authors' OLMoE code (olmoe_modification/modeling_olmoe.py, "
+                          "line 882): the PEFT router only chooses; the expert chosen k-th is weighted by the "
+                          "model router's k-th top-k weight for the token (needs top_k <= the model's top-k and "
+                          "the experts module as target)."},
     )
     r: int = field(default=8, metadata={"help": "Bottleneck size D_B of each PEFT expert (the LoRA rank)."})
     lora_alpha: int = field(default=16, metadata={"help": "Output scale numerator: each expert's term is scaled by "
@@ -144,6 +153,11 @@ class PerftConfig(PeftConfig):
         if self.norm_topk_prob and self.variant != "R":
             raise ValueError(f"norm_topk_prob renormalises PERFT-R's own top-K gates; PERFT-{self.variant} has no "
                              "router of its own (E uses the model's routing as the model normalises it).")
+        if self.gate_weights not in GATE_WEIGHTS:
+            raise ValueError(f"gate_weights must be one of {GATE_WEIGHTS}, got {self.gate_weights!r}.")
+        if self.gate_weights == "base" and (self.variant != "R" or self.norm_topk_prob):
+            raise ValueError("gate_weights='base' replaces PERFT-R's gate weights by the model router's: it needs "
+                             "variant 'R' and no norm_topk_prob.")
         if not 0.0 <= float(self.lora_dropout) < 1.0:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
         if isinstance(self.target_modules, list):

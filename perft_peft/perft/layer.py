@@ -45,6 +45,7 @@ class _Setting:
     expert_type: str
     adapter_act: str
     norm_topk_prob: bool = False
+    base_gate_weights: bool = False
 
 
 @dataclass
@@ -103,7 +104,8 @@ class PerftLayer(nn.Module, BaseTunerLayer):
         M = self.model_experts if variant == "E" else config.num_peft_experts
         top_k = config.top_k if variant == "R" else None
         self.perft_setting[adapter_name] = _Setting(variant, M, top_k, config.scaling, config.expert_type,
-                                                    config.adapter_act, config.norm_topk_prob)
+                                                    config.adapter_act, config.norm_topk_prob,
+                                                    config.gate_weights == "base")
         self.perft_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()
         reference = moe.first_parameter(self.base_layer)
         factory = {"device": reference.device if reference is not None else None, "dtype": torch.float32}
@@ -162,6 +164,9 @@ class PerftLayer(nn.Module, BaseTunerLayer):
             weights, index = probs.topk(setting.top_k, dim=-1)
             if setting.norm_topk_prob:
                 weights = weights / weights.sum(dim=-1, keepdim=True)
+            if setting.base_gate_weights:  # the authors' OLMoE code: the k-th choice gets the model's k-th weight
+                base_weights = _routing_arguments(args, kwargs)[1]
+                weights = base_weights.reshape(index.shape[0], -1)[:, :setting.top_k].float()
             record_logits = logits
         else:
             index, weights = _routing_arguments(args, kwargs)

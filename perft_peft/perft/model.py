@@ -61,6 +61,13 @@ class PerftModel(BaseTuner):
                 raise ValueError(f"PERFT-E reuses the model's routing, but {name} ({type(module).__name__}) does "
                                  "not receive routing (expected an experts module called as experts(hidden_states, "
                                  "top_k_index, top_k_weights)). Use variant R, D or S, or target the experts.")
+            if config.gate_weights == "base" and (N is None or not moe.receives_routing(module)):
+                raise ValueError(f"gate_weights='base' weights PERFT-R's experts by the model's routing, but {name} "
+                                 f"({type(module).__name__}) does not receive routing. Target the experts module.")
+            model_top_k = moe.experts_per_token(model_config)
+            if config.gate_weights == "base" and model_top_k is not None and config.top_k > model_top_k:
+                raise ValueError(f"gate_weights='base' gives the k-th chosen PEFT expert the model's k-th routing "
+                                 f"weight: top_k={config.top_k} exceeds the model's {model_top_k}.")
             if config.base_hidden_size is not None and config.base_hidden_size != D:
                 raise ValueError(f"This adapter was made for a model with hidden size {config.base_hidden_size}, "
                                  f"but {name} has hidden size {D}: it belongs to another base model.")
