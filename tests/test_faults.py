@@ -217,6 +217,18 @@ def test_publish_swaps_the_whole_folder_and_keeps_checkpoints(tmp_path):
     assert (out / "checkpoint-2").is_dir() and not os.path.exists(staging)
 
 
+def test_publish_through_a_symlinked_output_dir(tmp_path):
+    (tmp_path / "scratch").mkdir()
+    real = tmp_path / "scratch" / "out"
+    _folder(real, 1)
+    link = tmp_path / "out"
+    link.symlink_to(real)
+    staging = staging_dir(link)
+    _folder(type(link)(staging), 2)
+    publish(staging, link)
+    assert link.is_symlink() and _versions(real)["adapter_config.json"] == "adapter_config.json v2"
+
+
 def test_publish_interrupted_then_recovered(tmp_path, monkeypatch):
     out = tmp_path / "out"
     _folder(out, 1)

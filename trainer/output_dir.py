@@ -27,7 +27,7 @@ class OutputDirBusy(RuntimeError):
 
 
 def _sibling(output_dir: str | os.PathLike, suffix: str) -> str:
-    path = os.path.abspath(output_dir)
+    path = os.path.realpath(output_dir)  # a symlinked output_dir: work beside (and swap) the folder it points to
     return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}{suffix}")
 
 
@@ -82,13 +82,13 @@ def publish(staging: str, output_dir: str | os.PathLike) -> None:
     """Make the fully written ``staging`` folder the new ``output_dir``, keeping the old folder's other entries."""
     with open(os.path.join(staging, COMPLETE), "w"):
         pass  # from here on, an interrupted publish is finished by recover() rather than dropped
-    _finish(staging, str(output_dir))
+    _finish(staging, os.path.realpath(output_dir))
 
 
 def recover(output_dir: str | os.PathLike) -> None:
     """Clean up after a run killed while writing its final result: drop a half-written staging folder (the old
     result is intact), or finish a publish that had started (the new result is complete)."""
-    output_dir, staging = str(output_dir), staging_dir(output_dir)
+    output_dir, staging = os.path.realpath(output_dir), staging_dir(output_dir)
     if os.path.isdir(staging):
         if os.path.exists(os.path.join(staging, COMPLETE)):
             print(f"[perft-peft] {output_dir}: finishing the publication of a final result interrupted by a kill",
