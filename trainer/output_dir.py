@@ -14,9 +14,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import os
 import shutil
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs there are not locked
+    fcntl = None
 
 COMPLETE = ".staging-complete"  # marks a staging folder whose files are all written
 _held: dict[str, list] = {}  # lock path -> [fd, depth]: the lock is re-entrant within one process
@@ -40,6 +44,9 @@ def staging_dir(output_dir: str | os.PathLike) -> str:
 def output_dir_lock(output_dir: str | os.PathLike):
     """Hold the output folder's lock for the block; raise :class:`OutputDirBusy` at once if a live process has it."""
     path = _sibling(output_dir, ".lock")
+    if fcntl is None:
+        yield
+        return
     if path in _held:
         _held[path][1] += 1
         try:
@@ -114,7 +121,10 @@ def _finish(staging: str, output_dir: str) -> None:
 
 def _exchange(a: str, b: str) -> None:
     """Swap two directories atomically (Linux renameat2); elsewhere, two renames and a moment without ``b``."""
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    try:
+        renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except (OSError, TypeError):  # no C library to open by that name (Windows)
+        renameat2 = None
     if renameat2 is not None:
         at_fdcwd, rename_exchange = -100, 2
         if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
