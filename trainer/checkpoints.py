@@ -24,7 +24,7 @@ def write_fingerprint(folder: str, identity: dict) -> None:
 
 
 def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """``key: saved -> current`` for every leaf that differs."""
+    """``key: <saved> there, <current> now`` for every leaf that differs."""
     out = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key), current.get(key)
