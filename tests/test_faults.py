@@ -41,13 +41,20 @@ def _adapter(folder):
 
 # -- case 1: a checkpoint another run wrote ------------------------------------------------------------------
 
-def test_resume_refuses_checkpoint_of_another_run(tmp_path):
+def test_resume_refuses_checkpoint_of_another_run(tmp_path, capsys):
     _trainer(tmp_path, learning_rate=1e-2, seed=0).train()
     other = _trainer(tmp_path, learning_rate=1e-3, seed=1, max_steps=6)
     with pytest.raises(ValueError, match=r"written by another run.*learning_rate: 0.01 there, 0.001 now"):
         other.train(resume_from_checkpoint=True)
     assert other.state.global_step == 0
     assert json.loads((tmp_path / "checkpoint-4" / "run_fingerprint.json").read_text())["training"]["seed"] == 0
+    # the other run, killed after its first checkpoint, resumes its own, not the first run's newer ones
+    _trainer(tmp_path, learning_rate=1e-3, seed=1, max_steps=1, save_steps=1).train()
+    mine = _trainer(tmp_path, learning_rate=1e-3, seed=1, max_steps=2, save_steps=1)
+    mine.train(resume_from_checkpoint=True)
+    assert "skipping checkpoint-4 (written by another run), checkpoint-2 (written by another run)" in \
+        capsys.readouterr().out
+    assert mine.state.global_step == 2
     allowed = _trainer(tmp_path, learning_rate=1e-3, seed=1, max_steps=6, resume_from_other_run=True)
     allowed.train(resume_from_checkpoint=True)
     assert allowed.state.global_step == 6
@@ -208,6 +215,18 @@ def test_publish_swaps_the_whole_folder_and_keeps_checkpoints(tmp_path):
     assert _versions(out) == {n: f"{n} v2" for n in ("adapter_config.json", "adapter_model.safetensors",
                                                      "run_info.json")} | {"accounting.json": "accounting.json v1"}
     assert (out / "checkpoint-2").is_dir() and not os.path.exists(staging)
+
+
+def test_publish_through_a_symlinked_output_dir(tmp_path):
+    (tmp_path / "scratch").mkdir()
+    real = tmp_path / "scratch" / "out"
+    _folder(real, 1)
+    link = tmp_path / "out"
+    link.symlink_to(real)
+    staging = staging_dir(link)
+    _folder(type(link)(staging), 2)
+    publish(staging, link)
+    assert link.is_symlink() and _versions(real)["adapter_config.json"] == "adapter_config.json v2"
 
 
 def test_publish_interrupted_then_recovered(tmp_path, monkeypatch):

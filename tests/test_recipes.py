@@ -96,10 +96,10 @@ def test_mixtral_perft_r_on_deepspeed_zero3_with_two_processes(tmp_path):
     backward fails), saving gathered weights (else (0,)-shaped tensors), and partitioned parameters everywhere
     (stage3_param_persistence_threshold 0 in the config)."""
     out = tmp_path / "zero3"
-    log = _run([RECIPES / "mixtral_perft_r.py", "--tiny", "--max_steps", "4", "--output_dir", out,
-                "--probe_logits"], timeout=900,
-               launcher=("timeout", "840", sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                         RECIPES / "configs" / "accelerate_zero3_cpu.yaml", "--num_processes", "2"))
+    command = [RECIPES / "mixtral_perft_r.py", "--tiny", "--max_steps", "4", "--output_dir", out, "--probe_logits"]
+    launcher = ("timeout", "840", sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                RECIPES / "configs" / "accelerate_zero3_cpu.yaml", "--num_processes", "2")
+    log = _run(command, timeout=900, launcher=launcher)
     assert "[perft-peft] rank 0/2 ready" in log and "[perft-peft] rank 1/2 ready" in log
     assert json.loads((out / "run_info.json").read_text())["world_size"] == 2
     ds_config = json.loads((RECIPES / "configs" / "ds_zero3_cpu.json").read_text())
@@ -114,3 +114,10 @@ def test_mixtral_perft_r_on_deepspeed_zero3_with_two_processes(tmp_path):
         if key.endswith("perft_B"):
             assert torch.count_nonzero(value) > 0, f"{key} is still zero: not trained"
     _check_adapter_matches_probe(out)
+
+    # a cluster relaunching the finished job: nothing trained, nothing replaced (issue 14)
+    adapter = (out / "adapter_model.safetensors").read_bytes()
+    log = _run([*command, "--resume_from_checkpoint", "true"], timeout=900, launcher=launcher)
+    assert "the run is finished, nothing to do" in log
+    assert (out / "adapter_model.safetensors").read_bytes() == adapter
+    assert all(int(p.name.split("-")[1]) <= 4 for p in out.glob("checkpoint-*"))

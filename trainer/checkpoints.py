@@ -24,7 +24,7 @@ def write_fingerprint(folder: str, identity: dict) -> None:
 
 
 def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """``key: saved -> current`` for every leaf that differs."""
+    """``key: <saved> there, <current> now`` for every leaf that differs."""
     out = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key), current.get(key)
@@ -35,36 +35,51 @@ def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def latest_intact(output_dir: str) -> str:
-    """The newest ``checkpoint-<step>`` with a ``trainer_state.json`` (written last, so its presence means the
-    checkpoint is complete); says which newer ones were skipped."""
+def latest_intact(output_dir: str, identity: dict, allow_other_run: bool = False) -> str:
+    """The newest ``checkpoint-<step>`` that is intact (has ``trainer_state.json``, written last) and was written
+    by this run (same fingerprint, unless ``allow_other_run``); says which newer ones were skipped and why. With
+    only other runs' checkpoints, the error lists how the newest one differs."""
     steps = []
     if os.path.isdir(output_dir):
         for name in os.listdir(output_dir):
             match = re.fullmatch(r"checkpoint-(\d+)", name)
             if match and os.path.isdir(os.path.join(output_dir, name)):
                 steps.append((int(match.group(1)), name))
-    skipped = []
+    skipped, foreign = [], []
     for _, name in sorted(steps, reverse=True):
-        if os.path.isfile(os.path.join(output_dir, name, TRAINER_STATE_NAME)):
+        path = os.path.join(output_dir, name)
+        if not os.path.isfile(os.path.join(path, TRAINER_STATE_NAME)):
+            skipped.append(f"{name} (no {TRAINER_STATE_NAME}: its save was interrupted)")
+        elif not allow_other_run and other_run(path, identity):
+            skipped.append(f"{name} (written by another run)")
+            foreign.append(path)
+        else:
             if skipped:
-                print(f"[perft-peft] skipping {', '.join(skipped)} in {output_dir}: no {TRAINER_STATE_NAME}, so "
-                      f"its save was interrupted; resuming from {name}, which is intact", flush=True)
-            return os.path.join(output_dir, name)
-        skipped.append(name)
-    detail = f" ({', '.join(skipped)} incomplete: no {TRAINER_STATE_NAME})" if skipped else ""
+                print(f"[perft-peft] skipping {', '.join(skipped)} in {output_dir}; resuming from {name}, which is "
+                      "intact", flush=True)
+            return path
+    if foreign:
+        check_same_run(foreign[0], identity, allow_other_run=False)  # raises, with the differences
+    detail = f" (skipped: {', '.join(skipped)})" if skipped else ""
     raise ValueError(f"No intact checkpoint to resume from in {output_dir}{detail}.")
+
+
+def other_run(checkpoint: str, identity: dict) -> list[str]:
+    """How the run that wrote ``checkpoint`` differs from ``identity`` (empty: the same run, or no fingerprint)."""
+    path = os.path.join(checkpoint, FINGERPRINT_NAME)
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return differences(json.load(f), normalise(identity))
 
 
 def check_same_run(checkpoint: str, identity: dict, allow_other_run: bool) -> None:
     """Refuse a checkpoint another run wrote (other settings), unless ``allow_other_run``."""
-    path = os.path.join(checkpoint, FINGERPRINT_NAME)
-    if not os.path.isfile(path):
+    if not os.path.isfile(os.path.join(checkpoint, FINGERPRINT_NAME)):
         print(f"[perft-peft] {checkpoint} has no {FINGERPRINT_NAME}: cannot check that this run wrote it",
               flush=True)
         return
-    with open(path) as f:
-        diff = differences(json.load(f), normalise(identity))
+    diff = other_run(checkpoint, identity)
     if diff and not allow_other_run:
         raise ValueError(f"{checkpoint} was written by another run; resuming would continue that run under this "
                          f"run's name. Differences: {'; '.join(diff[:8])}. Use a fresh output_dir, or set "

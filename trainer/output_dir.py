@@ -14,9 +14,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import os
 import shutil
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs there are not locked
+    fcntl = None
 
 COMPLETE = ".staging-complete"  # marks a staging folder whose files are all written
 _held: dict[str, list] = {}  # lock path -> [fd, depth]: the lock is re-entrant within one process
@@ -27,7 +31,7 @@ class OutputDirBusy(RuntimeError):
 
 
 def _sibling(output_dir: str | os.PathLike, suffix: str) -> str:
-    path = os.path.abspath(output_dir)
+    path = os.path.realpath(output_dir)  # a symlinked output_dir: work beside (and swap) the folder it points to
     return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}{suffix}")
 
 
@@ -40,6 +44,9 @@ def staging_dir(output_dir: str | os.PathLike) -> str:
 def output_dir_lock(output_dir: str | os.PathLike):
     """Hold the output folder's lock for the block; raise :class:`OutputDirBusy` at once if a live process has it."""
     path = _sibling(output_dir, ".lock")
+    if fcntl is None:
+        yield
+        return
     if path in _held:
         _held[path][1] += 1
         try:
@@ -82,13 +89,13 @@ def publish(staging: str, output_dir: str | os.PathLike) -> None:
     """Make the fully written ``staging`` folder the new ``output_dir``, keeping the old folder's other entries."""
     with open(os.path.join(staging, COMPLETE), "w"):
         pass  # from here on, an interrupted publish is finished by recover() rather than dropped
-    _finish(staging, str(output_dir))
+    _finish(staging, os.path.realpath(output_dir))
 
 
 def recover(output_dir: str | os.PathLike) -> None:
     """Clean up after a run killed while writing its final result: drop a half-written staging folder (the old
     result is intact), or finish a publish that had started (the new result is complete)."""
-    output_dir, staging = str(output_dir), staging_dir(output_dir)
+    output_dir, staging = os.path.realpath(output_dir), staging_dir(output_dir)
     if os.path.isdir(staging):
         if os.path.exists(os.path.join(staging, COMPLETE)):
             print(f"[perft-peft] {output_dir}: finishing the publication of a final result interrupted by a kill",
@@ -114,7 +121,10 @@ def _finish(staging: str, output_dir: str) -> None:
 
 def _exchange(a: str, b: str) -> None:
     """Swap two directories atomically (Linux renameat2); elsewhere, two renames and a moment without ``b``."""
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    try:
+        renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except (OSError, TypeError):  # no C library to open by that name (Windows)
+        renameat2 = None
     if renameat2 is not None:
         at_fdcwd, rename_exchange = -100, 2
         if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:

@@ -49,7 +49,7 @@ def _two_phase(warmup_steps: int, warmup_ratio: float, joint):
 class PerftTrainerMixin:
     """Adds to a transformers Trainer: loss = model loss (+ base aux) + coefficients x PERFT router losses;
     the LoRACoE warmup -> joint schedule driven by the global step; routing telemetry, plots and stats; and the
-    guards of a run (DESIGN: nothing lost, nothing silently wrong): a lock on output_dir, a run fingerprint in
+    guards of a run, so that nothing is lost or silently wrong: a lock on output_dir, a run fingerprint in
     every checkpoint checked on resume, a stop at the first non-finite loss, no non-finite adapter saved.
 
     ``run_identity``: what else defines the run (data, base model, ...), added to the fingerprint.
@@ -117,13 +117,15 @@ class PerftTrainerMixin:
             return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _checked_checkpoint(self, checkpoint) -> str:
-        """The checkpoint to resume from (the latest intact one for True), once it is known to be this run's and
-        to fit the model; its routing statistics are restored."""
-        path = checkpoints.latest_intact(self.args.output_dir) if checkpoint is True else str(checkpoint)
+        """The checkpoint to resume from (for True: the latest intact one this run wrote), once it is known to be
+        this run's and to fit the model; its routing statistics are restored."""
+        identity, allow_other_run = self.run_fingerprint(), bool(self._arg("resume_from_other_run"))
+        path = (checkpoints.latest_intact(self.args.output_dir, identity, allow_other_run) if checkpoint is True
+                else str(checkpoint))
         if not os.path.isfile(os.path.join(path, TRAINER_STATE_NAME)):
             raise ValueError(f"{path} is not an intact checkpoint (no {TRAINER_STATE_NAME}: its save was "
                              f"interrupted). Resume from an earlier checkpoint, or pass True for the latest intact.")
-        checkpoints.check_same_run(path, self.run_fingerprint(), bool(self._arg("resume_from_other_run")))
+        checkpoints.check_same_run(path, identity, allow_other_run)
         checkpoints.check_adapter_fits(path, self.accelerator.unwrap_model(self.model))
         self.routing.load(path)
         return path
