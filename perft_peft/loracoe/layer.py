@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from ..init import init_lora_factors
+from ..init import init_lora_factors, storage_dtype
 from .config import LoraCoeConfig
 
 PHASES = ("warmup", "joint")
@@ -42,6 +42,11 @@ def composition_weights(logits: torch.Tensor, setting: _Setting, r: int) -> torc
     else:
         c = logits.softmax(dim=-1).repeat_interleave(r // setting.num_experts, dim=-1)
     return c * setting.kappa
+
+
+def _runs_in_float32(A: torch.Tensor, h: torch.Tensor) -> bool:
+    """Whether the fused x [A; R]^T GEMM gives float32 router logits: float32 storage and no autocast."""
+    return A.dtype == torch.float32 and not torch.is_autocast_enabled(h.device.type)
 
 
 class LoraCoeLayer(nn.Module, BaseTunerLayer):
@@ -83,6 +88,7 @@ class LoraCoeLayer(nn.Module, BaseTunerLayer):
                                                       config.kappa)
         self.loracoe_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()
         factory = {"device": self.base_layer.weight.device, "dtype": torch.float32}
+        dtype = storage_dtype(self.base_layer.weight)
         A = torch.empty(r, d_in, **factory)
         B = torch.empty(d_out, r, **factory)
         if init is not None:
@@ -91,10 +97,11 @@ class LoraCoeLayer(nn.Module, BaseTunerLayer):
                 B.copy_(init[1])
         else:
             init_lora_factors(A, B, config.init_weights)
-        self.loracoe_A[adapter_name] = nn.Parameter(A)
-        self.loracoe_B[adapter_name] = nn.Parameter(B)
+        self.loracoe_A[adapter_name] = nn.Parameter(A.to(dtype))
+        self.loracoe_B[adapter_name] = nn.Parameter(B.to(dtype))
         # Zero router: uniform weights, so with composition_scale="rank" the joint phase starts as the LoRA.
-        self.loracoe_router[adapter_name] = nn.Parameter(torch.zeros(config.router_rows, d_in, **factory))
+        self.loracoe_router[adapter_name] = nn.Parameter(torch.zeros(config.router_rows, d_in, device=A.device,
+                                                                     dtype=dtype))
         self.loracoe_phase[adapter_name] = "joint"
         self.frozen_peft_weight_names.pop(adapter_name, None)
         self.set_adapter(self.active_adapters)
@@ -170,10 +177,12 @@ class LoraCoeLayer(nn.Module, BaseTunerLayer):
             z = F.linear(h, A)
         else:
             router = self.loracoe_router[name]
-            if self.fuse_router:
+            if self.fuse_router and _runs_in_float32(A, h):
                 z, logits = F.linear(h, torch.cat((A, router))).split((A.shape[0], router.shape[0]), dim=-1)
             else:
-                z, logits = F.linear(h, A), F.linear(h, router)
+                z = F.linear(h, A)
+                with torch.autocast(h.device.type, enabled=False):  # router math in float32 whatever the storage
+                    logits = F.linear(h.float(), router.float())
             c = composition_weights(logits, setting, A.shape[0])
             if self.training:
                 self.rank_usage[name] = c.detach().reshape(-1, c.shape[-1]).mean(dim=0)
