@@ -2,7 +2,7 @@
 
 Importing this package registers both methods with peft, so ``get_peft_model``, ``PeftModel.from_pretrained`` and
 transformers' ``load_adapter`` understand ``PerftConfig`` and ``LoraCoeConfig`` adapters. peft has no plugin
-discovery: run ``import perft_peft`` before loading a saved adapter.
+discovery; an installed perft-peft imports this package as soon as peft is imported (``perft_peft_autoload``).
 """
 
 from .accounting import ParameterAccounting, parameter_accounting

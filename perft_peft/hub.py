@@ -334,8 +334,8 @@ def _accounting_text(accounting: ParameterAccounting | None) -> str:
 
 
 def _usage(base_model: str, repo_id: str, peft_type: str) -> str:
-    key_error = (f"  # first: registers {peft_type} with peft (else KeyError: '{peft_type}')"
-                 if peft_type in ("PERFT", "LORACOE") else "")
+    key_error = (f"  # pip install perft-peft: registers {peft_type} with peft (else KeyError: '{peft_type}')"
+                 if peft_type in PEFT_TYPES else "")
     return (f"```python\nimport perft_peft{key_error}\n"
             "from peft import AutoPeftModelForCausalLM, PeftModel\n"
             "from transformers import AutoModelForCausalLM\n\n"
