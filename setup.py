@@ -51,7 +51,9 @@ setup(
     ],
     extras_require={
         # dev runs the whole suite, including the 2-process DeepSpeed ZeRO-3 recipe test and the trl mixin test
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "trl>=1.0", "deepspeed>=0.17,<1"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "trl>=1.0", "deepspeed>=0.17,<1", "lm-eval==0.4.13"],
         "deepspeed": ["deepspeed>=0.17,<1"],
+        # lm-evaluation-harness, tested with exactly this release (README "Evaluating with lm-eval")
+        "lm-eval": ["lm-eval==0.4.13"],
     },
 )
