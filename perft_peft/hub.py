@@ -201,7 +201,8 @@ def push_adapter(output_dir: str | os.PathLike, repo_id: str, *, revision: str |
     branch, created from main if missing; ``token``: default the saved login or ``HF_TOKEN``).
 
     Returns the ``CommitInfo``; its ``oid`` is the revision to pin when loading. The card is the folder's
-    README.md with our block regenerated for ``repo_id`` (``updated_card``); only after the commit succeeded is it
+    README.md with our block regenerated for ``repo_id`` (``updated_card``; a README without our block, such as
+    peft's generic card, is replaced); only after the commit succeeded is it
     written back to ``output_dir/README.md``, so the folder matches the repo; a failed push raises
     ``HubPushError`` and leaves ``output_dir`` exactly as it was.
     """
@@ -212,7 +213,7 @@ def push_adapter(output_dir: str | os.PathLike, repo_id: str, *, revision: str |
                                 "save_pretrained or Trainer.save_model.")
     readme = folder / "README.md"
     existing = ModelCard.load(readme) if readme.is_file() else None
-    card = str(updated_card(existing, model_card(folder, repo_id=repo_id)))
+    card = str(updated_card(existing, model_card(folder, repo_id=repo_id), keep_foreign=False))
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in ADAPTER_FILES]
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
     api = HfApi(token=token)
