@@ -2,9 +2,14 @@
 
 peft writes a generic card when it saves an adapter, and transformers 5's ``push_to_hub`` (which ``PeftModel``
 inherits) replaces it by transformers' own generic card — or keeps whatever card the repo already has. Neither
-knows the method, its configuration, the paper's parameter accounting or that ``import perft_peft`` must come
-first. ``push_adapter`` (a saved folder) and ``push_to_hub`` (a model in memory) upload the adapter with our card
-in one commit, so ours is what lands.
+knows the method, its configuration, the paper's parameter accounting or how to load it. ``install_card_hooks``
+(run by ``import perft_peft``) puts our card where peft and transformers write theirs, for PERFT and LoRACoE
+adapters only: ``save_pretrained`` (and so ``Trainer.save_model`` / ``Trainer.push_to_hub``) and
+``model.push_to_hub``. ``push_adapter`` (a saved folder) and ``push_to_hub`` (a model in memory) upload the adapter
+with our card in one commit.
+
+Our part of a card sits between two HTML comments (``CARD_BEGIN`` / ``CARD_END``) and is regenerated on every
+save and push; text outside them (a Trainer's training summary, the user's own) is kept.
 
 The accounting needs the trained model, which a saved folder does not have: the recipes record it at save time
 in ``accounting.json`` beside the adapter (``save_accounting``), and the card reads it from there.
@@ -13,22 +18,26 @@ in ``accounting.json`` beside the adapter (``save_accounting``), and the card re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import tempfile
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import httpx  # httpx2 under huggingface_hub 2.x, httpx under 1.x
 from peft import PeftConfig
 
-from . import __version__
 from .accounting import ParameterAccounting, parameter_accounting
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 ACCOUNTING_FILE = "accounting.json"
 EVAL_RESULTS_FILE = "eval_results.md"
+EVAL_REPORT_FILE = "eval_results.json"  # recipes/evaluate.py's table as data: the card's model-index
+CARD_BEGIN = "<!-- perft-peft card: regenerated on every save and push; edit outside this block -->"
+CARD_END = "<!-- end of perft-peft card -->"
+PEFT_TYPES = ("PERFT", "LORACOE")  # the adapter types whose cards are ours
 DEFAULT_COMMIT_MESSAGE = "Upload adapter trained with perft-peft"
 
 _PERFT_VARIANTS = {
@@ -65,12 +74,16 @@ def load_accounting(output_dir: str | os.PathLike) -> ParameterAccounting | None
 
 
 def model_card(source, *, repo_id: str | None = None, accounting: ParameterAccounting | None = None,
-               eval_results: str | None = None) -> ModelCard:
+               eval_results: str | None = None, eval_report=None) -> ModelCard:
     """Our card for an adapter: ``source`` is a folder written by ``save_pretrained`` / ``Trainer.save_model``
-    (accounting and evaluation table read from its ``accounting.json`` / ``eval_results.md`` unless given) or a
-    ``PeftModel`` (accounting computed from its trainable parameters). ``base_model`` is the adapter config's
-    ``base_model_name_or_path``, the same value ``AutoPeftModelForCausalLM`` loads; ``repo_id`` goes into the
-    loading snippet."""
+    (accounting and evaluation read from its ``accounting.json`` / ``eval_results.md`` / ``eval_results.json``
+    unless given) or a ``PeftModel`` (accounting computed from its trainable parameters). ``base_model`` is the
+    adapter config's ``base_model_name_or_path``, the same value ``AutoPeftModelForCausalLM`` loads; ``repo_id``
+    goes into the title and the loading snippet. ``eval_report``: a ``perft_peft.evaluation.EvalReport`` (or the
+    path of its JSON), whose accuracies become the card's ``model-index`` (and its table, unless
+    ``eval_results`` gives the markdown)."""
+    from . import __version__
+
     if isinstance(source, (str, os.PathLike)):
         folder = Path(source)
         if not (folder / ADAPTER_FILES[0]).is_file():
@@ -78,19 +91,25 @@ def model_card(source, *, repo_id: str | None = None, accounting: ParameterAccou
                                     "Trainer.save_model wrote the adapter to.")
         config = PeftConfig.from_pretrained(str(folder))
         accounting = accounting or load_accounting(folder)
-        if eval_results is None and (folder / EVAL_RESULTS_FILE).is_file():
-            eval_results = (folder / EVAL_RESULTS_FILE).read_text()
+        eval_results, eval_report = _folder_evaluation(folder, eval_results, eval_report)
     else:
         config = source.peft_config[source.active_adapter]
         accounting = accounting or parameter_accounting(source)
+    if isinstance(eval_report, (str, os.PathLike)):
+        eval_report = _read_report(Path(eval_report))
+    if eval_results is None and eval_report is not None:
+        eval_results = eval_report.to_markdown()
     base_model = config.base_model_name_or_path or None  # a model built from a config has none
     peft_type = _value(config.peft_type)
     tag, name, description = _method(config, peft_type)
+    title = repo_id.split("/")[-1] if repo_id else f"{name} adapter"
     data = ModelCardData(library_name="peft", base_model=base_model, tags=[tag, "peft", "moe"],
-                         pipeline_tag="text-generation" if _value(config.task_type) == "CAUSAL_LM" else None)
+                         pipeline_tag="text-generation" if _value(config.task_type) == "CAUSAL_LM" else None,
+                         model_name=title if eval_report is not None else None,
+                         eval_results=_model_index(eval_report))
     versions = f"perft-peft {__version__}" + (f" and peft {config.peft_version}" if config.peft_version else "")
     sections = [
-        f"# {repo_id.split('/')[-1] if repo_id else f'{name} adapter'}",
+        f"# {title}",
         f"A **{name}** adapter" + (f" for `{base_model}`" if base_model else "")
         + (f": {description}" if description else "")
         + f". Made with {versions}.",
@@ -100,7 +119,78 @@ def model_card(source, *, repo_id: str | None = None, accounting: ParameterAccou
     ]
     if eval_results:
         sections.append("## Evaluation\n\n" + eval_results.strip())
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
+    body = "\n\n".join([CARD_BEGIN, *sections, CARD_END])
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
+
+
+def updated_card(existing: ModelCard | None, ours: ModelCard, *, keep_foreign: bool = True) -> ModelCard:
+    """``ours`` put into the card ``existing``: our block replaces the previous one (text around it is kept); a
+    card without our block is kept below ours (``keep_foreign``) or replaced. Metadata: ours wins, other fields
+    (license, datasets, a Trainer's model-index when ours has none) stay, and the tags are the union."""
+    if existing is None:
+        return ours
+    text, block = existing.text, ours.text.strip()
+    begin, end = text.find(CARD_BEGIN), text.find(CARD_END)
+    if 0 <= begin < end:
+        body = text[:begin] + block + text[end + len(CARD_END):]
+    elif keep_foreign and text.strip():
+        body = block + "\n\n" + text.strip() + "\n"
+    else:
+        body = block + "\n"
+    ours_data = ours.data.to_dict()
+    data = {**existing.data.to_dict(), **ours_data}
+    data["tags"] = ours_data["tags"] + [t for t in existing.data.tags or [] if t not in ours_data["tags"]]
+    yaml = ModelCardData(**data, ignore_metadata_errors=True).to_yaml()
+    return ModelCard(f"---\n{yaml}\n---\n\n{body.lstrip()}")
+
+
+def write_model_card(model, output_dir: str | os.PathLike, *, repo_id: str | None = None,
+                     keep_foreign: bool = True) -> ModelCard:
+    """Write our card for ``model``'s active adapter to ``output_dir/README.md``, updating the card there
+    (``updated_card``). The accounting and evaluation come from the folder's files when it has them (the
+    recipes write ``accounting.json``; ``recipes/evaluate.py`` the ``eval_results`` files), else from the model."""
+    folder = Path(output_dir)
+    eval_results, eval_report = _folder_evaluation(folder, None, None)
+    ours = model_card(model, repo_id=repo_id, accounting=load_accounting(folder), eval_results=eval_results,
+                      eval_report=eval_report)
+    path = folder / "README.md"
+    card = updated_card(ModelCard.load(path) if path.is_file() else None, ours, keep_foreign=keep_foreign)
+    _write_atomic(path, str(card))
+    return card
+
+
+def install_card_hooks() -> None:
+    """Make peft and transformers write our card for PERFT and LoRACoE adapters, where they write theirs:
+
+    - ``PeftModel.create_or_update_model_card``, which ``save_pretrained`` calls (so ``Trainer.save_model``) and
+      ``Trainer.create_model_card`` calls after writing its training summary (``Trainer.push_to_hub``);
+    - ``PeftModel._upload_modified_files``, transformers' ``push_to_hub`` step that uploads the folder it saved,
+      after it put its own card (the repo's current one, or a generic one) in it: ours goes in instead, keeping
+      the tags it carries (``push_to_hub(tags=...)``) and the repo card's text outside our block.
+
+    Any other adapter type takes peft's and transformers' own path, unchanged. Running it again changes nothing.
+    """
+    from peft import PeftModel
+
+    if getattr(PeftModel.create_or_update_model_card, "_perft_peft_hook", False):
+        return
+    update_card, upload = PeftModel.create_or_update_model_card, PeftModel._upload_modified_files
+
+    @functools.wraps(update_card)
+    def create_or_update_model_card(self, output_dir: str):
+        if not is_our_adapter(self):
+            return update_card(self, output_dir)
+        write_model_card(self, output_dir)
+
+    @functools.wraps(upload)
+    def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
+        if is_our_adapter(self):
+            write_model_card(self, working_dir, repo_id=repo_id, keep_foreign=False)
+        return upload(self, working_dir, repo_id, *args, **kwargs)
+
+    create_or_update_model_card._perft_peft_hook = _upload_modified_files._perft_peft_hook = True
+    PeftModel.create_or_update_model_card = create_or_update_model_card
+    PeftModel._upload_modified_files = _upload_modified_files
 
 
 def push_adapter(output_dir: str | os.PathLike, repo_id: str, *, revision: str | None = None,
@@ -110,16 +200,20 @@ def push_adapter(output_dir: str | os.PathLike, repo_id: str, *, revision: str |
     as README.md, in one commit to ``repo_id`` (created if missing, ``private`` then applies; ``revision``: a
     branch, created from main if missing; ``token``: default the saved login or ``HF_TOKEN``).
 
-    Returns the ``CommitInfo``; its ``oid`` is the revision to pin when loading. Only after the commit succeeded
-    is the card written to ``output_dir/README.md`` (replacing peft's), so the folder matches the repo; a failed
-    push raises ``HubPushError`` and leaves ``output_dir`` exactly as it was.
+    Returns the ``CommitInfo``; its ``oid`` is the revision to pin when loading. The card is the folder's
+    README.md with our block regenerated for ``repo_id`` (``updated_card``; a README without our block, such as
+    peft's generic card, is replaced); only after the commit succeeded is it
+    written back to ``output_dir/README.md``, so the folder matches the repo; a failed push raises
+    ``HubPushError`` and leaves ``output_dir`` exactly as it was.
     """
     folder = Path(output_dir)
     missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} has no {' or '.join(missing)}: push_adapter uploads a folder written by "
                                 "save_pretrained or Trainer.save_model.")
-    card = str(model_card(folder, repo_id=repo_id))
+    readme = folder / "README.md"
+    existing = ModelCard.load(readme) if readme.is_file() else None
+    card = str(updated_card(existing, model_card(folder, repo_id=repo_id), keep_foreign=False))
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in ADAPTER_FILES]
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
     api = HfApi(token=token)
@@ -143,12 +237,13 @@ def push_adapter(output_dir: str | os.PathLike, repo_id: str, *, revision: str |
 
 
 def push_to_hub(model, repo_id: str, *, revision: str | None = None, private: bool | None = None,
-                commit_message: str = DEFAULT_COMMIT_MESSAGE, eval_results: str | None = None,
+                commit_message: str = DEFAULT_COMMIT_MESSAGE, eval_results: str | None = None, eval_report=None,
                 token: str | None = None):
-    """``model.push_to_hub(repo_id)`` for a ``PeftModel``, with our card (see the module docstring for why
-    transformers' own does not give it). Pushes the active adapter; the accounting comes from the model's trainable
-    parameters, so push the model you trained (or one loaded with ``is_trainable=True``). Returns the
-    ``CommitInfo``."""
+    """Push the active adapter of a ``PeftModel`` with our card, in one commit, with ``push_adapter``'s errors
+    (``model.push_to_hub(repo_id)`` gives the same card once ``perft_peft`` is imported). The accounting comes
+    from the model's trainable parameters, so push the model you trained (or one loaded with
+    ``is_trainable=True``). ``eval_results``: markdown for the Evaluation section; ``eval_report``: an
+    ``EvalReport`` (or its JSON's path) for the table and the model-index. Returns the ``CommitInfo``."""
     adapter = model.active_adapter
     with tempfile.TemporaryDirectory(prefix="perft-push-") as tmp:
         model.save_pretrained(tmp, selected_adapters=[adapter])
@@ -156,8 +251,45 @@ def push_to_hub(model, repo_id: str, *, revision: str | None = None, private: bo
         save_accounting(parameter_accounting(model), folder)
         if eval_results is not None:
             (folder / EVAL_RESULTS_FILE).write_text(eval_results)
+        if eval_report is not None:
+            if isinstance(eval_report, (str, os.PathLike)):
+                eval_report = _read_report(Path(eval_report))
+            eval_report.to_json(folder / EVAL_REPORT_FILE)
         return push_adapter(folder, repo_id, revision=revision, private=private, commit_message=commit_message,
                             token=token)
+
+
+def is_our_adapter(model) -> bool:
+    """Whether ``model``'s active adapter is PERFT or LoRACoE (a PeftModel; anything else is not)."""
+    config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", None))
+    return config is not None and _value(config.peft_type) in PEFT_TYPES
+
+
+def _folder_evaluation(folder: Path, markdown: str | None, report):
+    """(markdown, report) of the evaluation saved in ``folder``, where not given."""
+    if markdown is None and (folder / EVAL_RESULTS_FILE).is_file():
+        markdown = (folder / EVAL_RESULTS_FILE).read_text()
+    if report is None and (folder / EVAL_REPORT_FILE).is_file():
+        report = _read_report(folder / EVAL_REPORT_FILE)
+    return markdown, report
+
+
+def _read_report(path: Path):
+    from .evaluation.report import EvalReport
+
+    return EvalReport.from_json(path)
+
+
+def _model_index(report) -> list[EvalResult] | None:
+    """One EvalResult per benchmark: accuracy (%) on its test set, generated answers (LLM-Adapters' protocol)."""
+    if report is None:
+        return None
+    from .evaluation.benchmarks import BENCHMARKS
+
+    return [EvalResult(task_type="text-generation", dataset_type=name, dataset_name=BENCHMARKS[name].label,
+                       dataset_split="test", metric_type="accuracy", metric_name="accuracy (%)",
+                       metric_value=round(result.accuracy, 2))
+            for name, result in report.results.items()]
 
 
 def _method(config, peft_type: str) -> tuple[str, str, str | None]:
@@ -203,8 +335,8 @@ def _accounting_text(accounting: ParameterAccounting | None) -> str:
 
 
 def _usage(base_model: str, repo_id: str, peft_type: str) -> str:
-    key_error = (f"  # first: registers {peft_type} with peft (else KeyError: '{peft_type}')"
-                 if peft_type in ("PERFT", "LORACOE") else "")
+    key_error = (f"  # pip install perft-peft: registers {peft_type} with peft (else KeyError: '{peft_type}')"
+                 if peft_type in PEFT_TYPES else "")
     return (f"```python\nimport perft_peft{key_error}\n"
             "from peft import AutoPeftModelForCausalLM, PeftModel\n"
             "from transformers import AutoModelForCausalLM\n\n"

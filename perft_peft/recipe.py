@@ -295,10 +295,12 @@ def _train_and_save(args: argparse.Namespace, peft_config, load_records=None, **
 
     from . import hub
     from .accounting import parameter_accounting
+    from .fsdp import check_fsdp_launch
     from .trainer import PerftTrainer
 
     model_path = build_tiny_base(args) if args.tiny else args.model
     training_args = training_arguments(args, resume_from_other_run=args.resume_from_other_run, **method_args)
+    check_fsdp_launch(training_args)  # an FSDP config that would silently fall back to DDP stops here
     print(f"[perft-peft] rank {training_args.process_index}/{training_args.world_size} ready", flush=True)
     tokenizer, base = load_tokenizer_and_model(model_path, training_args, args.cutoff_len)
     dataset, validation = split_validation(load_training_data(args, tokenizer, training_args, load_records), args)

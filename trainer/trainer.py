@@ -276,6 +276,16 @@ class PerftTrainerMixin:
     def loracoe_phase_at(self, global_step: int) -> str:
         return "warmup" if global_step < self.loracoe_warmup_steps else "joint"
 
+    def create_model_card(self, *args, **kwargs):
+        """Trainer's card (its training summary), then our block for a PERFT / LoRACoE adapter, naming the repo
+        ``push_to_hub`` uploads it to (``perft_peft.hub``; peft's card hook alone cannot know the repo)."""
+        from perft_peft import hub
+
+        super().create_model_card(*args, **kwargs)
+        model = self.accelerator.unwrap_model(self.model)
+        if self.is_world_process_zero() and hub.is_our_adapter(model):
+            hub.write_model_card(model, self.args.output_dir, repo_id=self.hub_model_id)
+
 
 class _PerftCallback(TrainerCallback):
     """Sets the LoRACoE phase from the global step (so a resumed run is in the right phase) and saves the

@@ -8,7 +8,7 @@ from typing import Optional, Union
 from peft import PeftConfig, PeftType
 
 from ..checks import check_positive_number
-from ..perft.config import _check_int
+from ..perft.config import _check_int, check_layer_selection
 
 COMPOSITION_SCALES = ("rank", "none")
 CONSTRUCTIONS = ("composition", "partition")
@@ -37,6 +37,16 @@ class LoraCoeConfig(PeftConfig):
         metadata={"help": "Names (suffixes) or a regex of the nn.Linear modules to adapt (the paper: q_proj, k_proj, "
                           "v_proj, up_proj, down_proj). None = the modules of init_from_lora if given, else peft "
                           "LoRA's default for the model type."},
+    )
+    layers_to_transform: Optional[Union[list[int], int]] = field(
+        default=None,
+        metadata={"help": "Only adapt the decoder layers with these indices (as in peft LoRA; target_modules must "
+                          "then be a list of names, not a regex)."},
+    )
+    layers_pattern: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={"help": "Name of the layer list used with layers_to_transform when it is not the usual "
+                          "`layers` (as in peft LoRA)."},
     )
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter input, in [0, 1). The router "
                                                                "reads the same input as A (one fused GEMM)."})
@@ -95,6 +105,7 @@ class LoraCoeConfig(PeftConfig):
                 raise ValueError("init_from_lora must be a local directory or a Hub id, got an empty string.")
         if isinstance(self.target_modules, list):
             self.target_modules = sorted(set(self.target_modules))
+        check_layer_selection(self)
 
     @property
     def scaling(self) -> float:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from ..init import init_lora_factors
+from ..init import init_lora_factors, storage_dtype
 from .config import LoraCoeConfig
 from .router_init import init_router
 
@@ -85,6 +85,7 @@ class LoraCoeLayer(nn.Module, BaseTunerLayer):
                                                       config.kappa)
         self.loracoe_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()
         factory = {"device": self.base_layer.weight.device, "dtype": torch.float32}
+        dtype = storage_dtype(self.base_layer.weight)
         A = torch.empty(r, d_in, **factory)
         B = torch.empty(d_out, r, **factory)
         if init is not None:
@@ -93,12 +94,12 @@ class LoraCoeLayer(nn.Module, BaseTunerLayer):
                 B.copy_(init[1])
         else:
             init_lora_factors(A, B, config.init_weights)
-        self.loracoe_A[adapter_name] = nn.Parameter(A)
-        self.loracoe_B[adapter_name] = nn.Parameter(B)
+        self.loracoe_A[adapter_name] = nn.Parameter(A.to(dtype))
+        self.loracoe_B[adapter_name] = nn.Parameter(B.to(dtype))
         # Random but small (router_init.py): the experts start different, the joint phase starts as the LoRA to ~1e-3.
         router = torch.empty(config.router_rows, d_in, **factory)
         init_router(router)
-        self.loracoe_router[adapter_name] = nn.Parameter(router)
+        self.loracoe_router[adapter_name] = nn.Parameter(router.to(dtype))
         self.loracoe_phase[adapter_name] = "joint"
         self.frozen_peft_weight_names.pop(adapter_name, None)
         self.set_adapter(self.active_adapters)
@@ -188,13 +189,17 @@ class LoraCoeLayer(nn.Module, BaseTunerLayer):
     def _ranks_and_logits(self, h: torch.Tensor, A: torch.Tensor,
                           router: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(A h, R h): one GEMM h [A; R]^T (appendix C) split afterwards, or two with ``fuse_router = False``.
-        Under a bf16/fp16 autocast the logits must stay float32 (a bf16 GEMM moves logits of ~10 by ~0.05), so
-        the GEMM runs in float32 as a whole, A's r rows with it: still one GEMM, whose extra cost over bf16 is
-        that of (E + 1) r output features, small next to the base layer's."""
+        The logits must stay float32 (a bf16 GEMM moves logits of ~10 by ~0.05): under a bf16/fp16 autocast, or
+        with adapter tensors stored in bf16/fp16 (``autocast_adapter_dtype=False``), the GEMM runs in float32 as a
+        whole, A's r rows with it: still one GEMM, whose extra cost over bf16 is that of (E + 1) r output
+        features, small next to the base layer's. A h comes back in A's dtype."""
         device = h.device.type
         if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != torch.float32:
             with torch.autocast(device, enabled=False):
                 return self._ranks_and_logits(h.float(), A, router)
+        if router.dtype != torch.float32:
+            z, logits = self._ranks_and_logits(h.float(), A.float(), router.float())
+            return z.to(A.dtype), logits
         if self.fuse_router:
             return F.linear(h, torch.cat((A, router))).split((A.shape[0], router.shape[0]), dim=-1)
         return F.linear(h, A), F.linear(h, router)

@@ -9,6 +9,7 @@ from peft.tuners.tuners_utils import BaseTuner, _maybe_include_all_linear_layers
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
+from ..init import cast_adapter_dtype
 from ..perft.model import check_adapter_name
 from ..targets import matched_targets
 from .config import LoraCoeConfig
@@ -66,6 +67,9 @@ class LoraCoeModel(BaseTuner):
         if lora is not None:
             check_lora_fits(lora, config, targets)
         return targets
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        cast_adapter_dtype(self, adapter_name, autocast_adapter_dtype)
 
     def _create_and_replace(self, peft_config: LoraCoeConfig, adapter_name: str, target: nn.Module,
                             target_name: str, parent: nn.Module, current_key: str, **kwargs) -> None:

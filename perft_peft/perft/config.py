@@ -162,8 +162,7 @@ class PerftConfig(PeftConfig):
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
         if isinstance(self.target_modules, list):
             self.target_modules = sorted(set(self.target_modules))
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError("layers_pattern only makes sense together with layers_to_transform.")
+        check_layer_selection(self)
 
     @property
     def num_peft_experts(self) -> Optional[int]:
@@ -173,6 +172,18 @@ class PerftConfig(PeftConfig):
     @property
     def scaling(self) -> float:
         return self.lora_alpha / self.r
+
+
+def check_layer_selection(config) -> None:
+    """layers_to_transform / layers_pattern as peft's LoRA accepts them: they pick layers among the modules a
+    list of names matches (a regex target_modules must select layers itself)."""
+    if isinstance(config.target_modules, str):
+        for name in ("layers_to_transform", "layers_pattern"):
+            if getattr(config, name) is not None:
+                raise ValueError(f"{name} cannot be used when target_modules is a regex (a str); give a list of "
+                                 "module names, or put the layer indices in the regex.")
+    if config.layers_pattern and config.layers_to_transform is None:
+        raise ValueError("layers_pattern only makes sense together with layers_to_transform.")
 
 
 def _check_int(name: str, value) -> None:

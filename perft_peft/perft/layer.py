@@ -25,7 +25,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from .. import moe
-from ..init import init_lora_factors
+from ..init import init_lora_factors, storage_dtype
 from .config import PerftConfig
 
 # The sparse (grouped GEMM) path pays for sorting and gathering tokens; it wins once M/K exceeds this ratio.
@@ -109,16 +109,17 @@ class PerftLayer(nn.Module, BaseTunerLayer):
         self.perft_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()
         reference = moe.first_parameter(self.base_layer)
         factory = {"device": reference.device if reference is not None else None, "dtype": torch.float32}
+        dtype = storage_dtype(reference)
         A = torch.empty(M, r, D, **factory)
         B = torch.empty(M, D, r, **factory)
         init_lora_factors(A, B, config.init_weights)
-        self.perft_A[adapter_name] = nn.Parameter(A)
-        self.perft_B[adapter_name] = nn.Parameter(B)
+        self.perft_A[adapter_name] = nn.Parameter(A.to(dtype))
+        self.perft_B[adapter_name] = nn.Parameter(B.to(dtype))
         if variant == "R":
             W = torch.empty(M, D, **factory)
             with torch.no_grad():
                 W.normal_(0.0, ROUTER_INIT_STD)
-            self.perft_router[adapter_name] = nn.Parameter(W)
+            self.perft_router[adapter_name] = nn.Parameter(W.to(dtype))
         self.set_adapter(self.active_adapters)
 
     # -- peft contract ---------------------------------------------------------------------------------------

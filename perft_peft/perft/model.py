@@ -9,6 +9,7 @@ from torch import nn
 
 from .. import moe
 from ..checks import check_layers_to_transform
+from ..init import cast_adapter_dtype
 from ..targets import matched_targets
 from .config import PerftConfig
 from .layer import PerftLayer
@@ -76,6 +77,9 @@ class PerftModel(BaseTuner):
                                  f"MoE block, but {name} has {N}: it belongs to another base model.")
         config.base_hidden_size = moe.hidden_size(targets[0][1], model_config)
         config.base_num_experts = moe.num_experts(targets[0][1])
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        cast_adapter_dtype(self, adapter_name, autocast_adapter_dtype)
 
     def _create_and_replace(self, peft_config: PerftConfig, adapter_name: str, target: nn.Module, target_name: str,
                             parent: nn.Module, current_key: str, **kwargs) -> None:
