@@ -15,8 +15,8 @@ The paper's baselines (4 epochs at 3e-4, r=16, same targets and data) and ablati
 from pathlib import Path
 
 from perft_peft import LoraCoeConfig, recipe
-from perft_peft.loracoe import save_without_router
 from perft_peft.data import ORCA_MATH_FIXTURE, MixturePart, fixture_path, load_mixture
+from perft_peft.loracoe import save_without_router
 
 p = recipe.parser(__doc__, Path(__file__).parent / "configs" / "loracoe.yaml")
 p.add_argument("--math_data", help="OrcaMath (question/answer) Hub id or JSON(L) file mixed with --data; 'none': "
@@ -55,7 +55,8 @@ def parse(argv=None):
         p.error("--save_without_router and --init_from_lora are for --method loracoe")
     if args.no_warmup or args.method == "lora":
         if given.loracoe_warmup_steps or given.loracoe_warmup_epochs:
-            p.error("--no_warmup contradicts --loracoe_warmup_steps/--loracoe_warmup_epochs")
+            p.error("--loracoe_warmup_steps/--loracoe_warmup_epochs need a warmup, but --no_warmup or --method lora "
+                    "has none")
         args.loracoe_warmup_steps = args.loracoe_warmup_epochs = args.loracoe_warmup_learning_rate = None
         return args
     if given.loracoe_warmup_steps is not None and given.loracoe_warmup_epochs is None:
