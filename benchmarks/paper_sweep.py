@@ -28,6 +28,8 @@ p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.Argume
 p.add_argument("--output", default=str(Path(__file__).parent / "results" / "paper_sweep"),
                help="path prefix of the .md, .png and .json results")
 p.add_argument("--fresh", action="store_true", help="ignore runs already in <output>.json")
+p.add_argument("--base_only", action="store_true", help="offline: pre-train (or find cached) the synthetic base, print "
+                                                         "what it knows, stop")
 p.add_argument("--quick", action="store_true", help="tiny sizes, few methods, 2 rates x 2 seeds: a smoke run "
                                                      "(explicit flags still override)")
 p.add_argument("--methods", nargs="+", default=sweep.DEFAULT_METHODS, help="method specs (perft_peft.bench.methods)")
@@ -117,6 +119,9 @@ if __name__ == "__main__":
     methods = sweep.expand(args.methods, args.ranks)
     load_base, tokenizer, train, validation, tests, base_name, knowledge = (real_setup if args.model else
                                                                               synthetic_setup)(args)
+    if args.base_only:
+        print(f"Base model: {base_name}\nBase knowledge: {knowledge}")
+        raise SystemExit
     settings = sweep.FinetuneSettings(max_steps=args.max_steps, num_train_epochs=args.epochs,
                                       batch_size=args.batch_size, cutoff_len=args.cutoff_len,
                                       train_on_inputs=bool(args.model))

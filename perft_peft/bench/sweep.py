@@ -59,7 +59,7 @@ class BaseSettings:
     num_hidden_layers: int = 4
     num_experts: int = 8
     top_k: int = 2
-    steps: int = 600
+    steps: int = 2000
     batch_size: int = 16
     block_size: int = 128
     learning_rate: float = 3e-3

@@ -5,15 +5,17 @@ The world: creatures with a colour, a home and a size; small numbers (0..20) wit
 order. Pre-training states those facts ("the fox is red .", "7 plus 5 is 12 .", "12 minus 5 is 7 .") and asks
 every one of them as a plain question in the LLM-Adapters training template ("what is 12 minus 5 ?" -> "7"), so
 the base model knows the facts and the template but none of the tasks' formats. ``World.facts_of`` lists those
-questions: the sweep measures how many the base answers (its knowledge, in its pre-training format). The tasks ask about the same facts in the formats of the papers' benchmarks, scored by the same
-extractors (``perft_peft.evaluation``):
+questions: the sweep measures how many the base answers (its knowledge, in its pre-training format). The tasks
+ask about the same facts in the formats of the papers' benchmarks, scored by the same extractors
+(``perft_peft.evaluation``):
 
     truefalse  BoolQ's "Answer format: true/false"          ending   HellaSwag's ending1..ending4
     solution   PIQA's solution1/solution2                   option   WinoGrande's fill-the-blank option1/option2
     answer     SIQA/ARC/OBQA's answer1..answer3             add, two_step   word problems with a final number
 
-Test items use creatures and number pairs that fine-tuning never shows (their facts are in pre-training), so a
-score says whether the adapter learnt the task, not the answers.
+Training, validation and test items use disjoint creatures and number pairs (all of whose facts are in
+pre-training), so a test score says whether the adapter learnt the task, not the answers, and choosing a learning
+rate on validation never looks at the test.
 """
 
 from __future__ import annotations
