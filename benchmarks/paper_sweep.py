@@ -99,6 +99,9 @@ def synthetic_setup(args):
     report = sweep.base_report(path)
     knows = report["knowledge"]
     facts = ", ".join(f"{kind} {value:.1f}%" for kind, value in knows.items() if kind != "all")
+    if knows["all"] < sweep.KNOWLEDGE_AIM:
+        facts += (f"; BELOW the {sweep.KNOWLEDGE_AIM:.0f}% aim: the tasks partly test facts the base does not "
+                  "know, not only adaptation (more --base_steps)")
     return (lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer, train, validation,
             tests, f"synthetic tiny Mixtral-shaped MoE (hidden {base.hidden_size}, {base.num_hidden_layers} layers, "
             f"{base.num_experts} experts top-{base.top_k}, pre-trained {base.steps} steps at lr "

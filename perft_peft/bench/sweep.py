@@ -48,6 +48,7 @@ DEFAULT_METHODS = ["R:M=8,K=2,r=5", "R:M=8,K=1,r=5", "R:M=8,K=4,r=5", "R:M=8,K=2
 DEFAULT_RANKS = [8]  # for specs that name no r
 DEFAULT_LEARNING_RATES = [1e-3, 3e-3, 1e-2]
 DEFAULT_SEEDS = 3
+KNOWLEDGE_AIM = 90.0  # % of the world's facts the base should answer before fine-tuning measures adaptation
 LORACOE_JOINT_LR_FACTOR = 0.25  # LoRACoE paper: warmup at 2e-4, joint at 5e-5
 
 
@@ -407,7 +408,9 @@ def grid_table(records: list[dict]) -> str:
     selections = {s: sel for s, sel in select(records).items() if sel.learning_rate is not None}
     rates = sorted({lr for sel in selections.values() for lr in sel.grid})
     rows = [[sel.record["label"], *(f"{sel.grid[lr][0]:.1f} / {sel.grid[lr][1]:.3f}" if lr in sel.grid else "-"
-                                    for lr in rates), f"{sel.learning_rate:g}"] for sel in selections.values()]
+                                    for lr in rates),
+             f"{sel.learning_rate:g}" + (" (grid edge: widen it)" if len(sel.grid) > 2 and sel.learning_rate in
+                                         (min(sel.grid), max(sel.grid)) else "")] for sel in selections.values()]
     return markdown_table(["Method", *(f"lr {lr:g}" for lr in rates), "chosen"], rows)
 
 
