@@ -1,5 +1,6 @@
 """The benchmark harnesses: their measuring tools against known answers, the method specs, the synthetic tasks'
-answers against the world's facts, and a smoke run of each script at tiny sizes (no timing is asserted)."""
+answers against the world's facts, the sweep's statistics, learning-rate selection and verdicts on made-up
+results, and a smoke run of each script at tiny sizes (no timing is asserted)."""
 
 import json
 import os
@@ -13,9 +14,13 @@ from peft import get_peft_model
 
 from perft_peft import parameter_accounting
 from perft_peft.bench.measure import count_flops, interleaved_times, paired_ratio, peak_memory
+from perft_peft.bench import questions, sweep
 from perft_peft.bench.methods import parse_method
+from perft_peft.bench.questions import CANNOT_TELL, CONTRADICTS, REPRODUCES, Comparison, Question, answer
+from perft_peft.bench.results import select
 from perft_peft.bench.speed import ModelShape, matched_method, mixtral_shaped, shared_copy
-from perft_peft.bench.synthetic import COLOURS, HOMES, TASKS, World
+from perft_peft.bench.stats import paired_interval, t975, t_interval
+from perft_peft.bench.synthetic import COLOURS, HOMES, QUESTIONS, SPLITS, TASKS, World
 from perft_peft.evaluation import is_correct
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,10 +73,106 @@ def test_method_specs(spec, label):
 
 @pytest.mark.parametrize("spec,message", [("X:r=2", "Unknown method"), ("R:r=2,M=4", "needs K"),
                                           ("E:r=0", "positive integer"), ("S:r=2,M=3", "is not one of"),
-                                          ("R:r=2,M=2,K=3", "top_k=3 is larger")])
+                                          ("R:r=2,M=2,K=3", "top_k=3 is larger"),
+                                          ("E:r=2,bottleneck=3", "bottleneck is not a field of PerftConfig"),
+                                          ("E:r=2,router=off", "loracoe and loramoe only"),
+                                          ("E:r=2,init", "not key=value")])
 def test_bad_method_specs(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_method(spec)
+
+
+def test_method_options_reach_the_config():
+    method = parse_method("R:M=8,K=2,init=perft", 5)
+    assert method.spec == "R:M=8,K=2,init=perft,r=5" and method.label == "PERFT-R (Top2/8) init_weights=perft r=5"
+    config = method.config()
+    assert (config.init_weights, config.num_experts, config.top_k, config.r) == ("perft", 8, 2, 5)
+    assert parse_method("E:r=4,init=false").config().init_weights is False
+    coe = parse_method("loracoe:r=8,E=2,composition_scale=none,lora_dropout=0.1").config()
+    assert (coe.composition_scale, coe.lora_dropout, coe.num_experts) == ("none", 0.1, 2)
+    off = parse_method("loracoe:router=off,r=8,E=2")
+    assert off.router_off and off.trained == parse_method("loracoe:r=8,E=2") and not off.trained.router_off
+
+
+def test_t_interval_and_paired_differences():
+    interval = t_interval([1.0, 2.0, 3.0])  # sd 1, t(2) = 4.303
+    assert interval.mean == 2.0 and interval.half_width == pytest.approx(4.303 / 3**0.5)
+    assert t975(30) == 2.042 and t975(31) == pytest.approx(2.040, abs=1e-3) and t975(1000) == pytest.approx(1.962, abs=1e-3)
+    assert not t_interval([5.0]).excludes_zero()  # one seed: no interval, never a verdict
+    # a shared per-seed offset cancels in the paired difference: a is 1 better on every seed
+    paired = paired_interval({0: 11.0, 1: 51.0, 2: 91.0, 9: 0.0}, {0: 10.0, 1: 50.0, 2: 90.0})
+    assert (paired.mean, paired.low, paired.high, paired.n) == (1.0, 1.0, 1.0, 3)
+
+
+def _record(spec, lr, seed, test_accuracy, validation_accuracy=50.0, loss=1.0, activated=100, scored_from=None):
+    split = lambda acc: {"t1": {"accuracy": acc, "loss": loss}, "t2": {"accuracy": acc, "loss": loss}}  # noqa: E731
+    return dict(spec=spec, label=spec, group=spec.partition(":")[0], r=8, trainable=activated, activated=activated,
+                pct_activated=0.1, learning_rate=lr, seed=seed, scored_from=scored_from or spec,
+                validation=split(validation_accuracy), test=split(test_accuracy), train_seconds=1.0, final_loss=1.0)
+
+
+def test_learning_rate_is_chosen_on_validation_and_test_read_only_there():
+    records = [_record("S:r=2", 0.1, 0, test_accuracy=90.0, validation_accuracy=10.0),
+               _record("S:r=2", 0.01, 0, test_accuracy=20.0, validation_accuracy=60.0),
+               _record("S:r=2", 0.001, 0, test_accuracy=30.0, validation_accuracy=60.0, loss=0.5),  # tie: lower loss
+               _record("S:r=2", 0.001, 1, test_accuracy=40.0),
+               _record("S:r=2", 0.1, 1, test_accuracy=99.0),
+               # a router=off variant follows its trained spec's rate even where its own validation is better
+               _record("loracoe:r=8,E=2,router=off", 0.1, 0, 5.0, validation_accuracy=99.0,
+                       scored_from="loracoe:E=2,r=8"),
+               _record("loracoe:r=8,E=2,router=off", 0.01, 0, 6.0, validation_accuracy=1.0,
+                       scored_from="loracoe:E=2,r=8"),
+               _record("loracoe:E=2,r=8", 0.1, 0, 7.0, validation_accuracy=1.0),
+               _record("loracoe:E=2,r=8", 0.01, 0, 8.0, validation_accuracy=2.0)]
+    chosen = select(records)
+    assert chosen["S:r=2"].learning_rate == 0.001 and chosen["S:r=2"].per_seed("accuracy") == {0: 30.0, 1: 40.0}
+    assert chosen["S:r=2"].grid == {0.1: (10.0, 1.0), 0.01: (60.0, 1.0), 0.001: (60.0, 0.5)}
+    assert chosen["loracoe:E=2,r=8,router=off"].learning_rate == 0.01 == chosen["loracoe:E=2,r=8"].learning_rate
+
+
+def test_answers_give_each_verdict_from_paired_intervals():
+    def runs(spec, accuracies, losses=None, activated=100):
+        return [_record(spec, 0.01, seed, acc, loss=(losses or [1.0] * 3)[seed], activated=activated)
+                for seed, acc in enumerate(accuracies)]
+
+    records = [*runs("S:r=1", [50.0, 60.0, 70.0], [1.0, 0.9, 0.8]),
+               *runs("S:r=2", [52.0, 62.5, 72.0], [0.9, 0.8, 0.7]),  # +2..2.5 on every seed: a>b holds
+               *runs("S:r=3", [45.0, 56.0, 64.0]),  # -4..-6: a>b contradicted
+               *runs("S:r=4", [55.0, 57.0, 71.0]),  # +5, -3, +1: cannot tell
+               *runs("S:r=5", [50.5, 59.8, 70.1], activated=300)]  # within 2 points: a=b holds
+    qs = (Question("q", "question", "claim", (Comparison("S:r=2", "S:r=1", "a>b"), Comparison("S:r=3", "S:r=1", "a>b"),
+                                              Comparison("S:r=4", "S:r=1", "a>b"), Comparison("S:r=1", "S:r=2", "a<b"),
+                                              Comparison("S:r=5", "S:r=1", "a=b"), Comparison("S:r=2", "S:r=1", "a=b"),
+                                              Comparison("S:r=9", "S:r=1", "a>b")), equal_activated=True),)
+    got = answer(records, qs)
+    assert [a.verdict for a in got] == [REPRODUCES, CONTRADICTS, CANNOT_TELL, REPRODUCES, REPRODUCES, CONTRADICTS,
+                                        "not run (S:r=9)"]
+    first = got[0]
+    assert first.accuracy.mean == pytest.approx(13 / 6) and first.accuracy.low > 0
+    assert first.loss.mean == pytest.approx(-0.1) and first.loss_verdict == REPRODUCES  # lower loss: a better
+    assert got[4].unequal_activation and not got[0].unequal_activation
+    assert got[2].loss_verdict == CANNOT_TELL  # equal losses: zero-width interval at 0
+
+
+def test_every_question_names_methods_the_default_sweep_runs():
+    specs = {m.spec for m in sweep.expand(sweep.DEFAULT_METHODS, sweep.DEFAULT_RANKS)}
+    from perft_peft.bench.results import canonical
+
+    named = {canonical(s) for q in questions.QUESTIONS for c in q.comparisons for s in (c.a, c.b)}
+    assert named <= {canonical(s) for s in specs}
+
+
+def test_equal_activated_questions_are_equal_on_the_default_base():
+    base = mixtral_shaped(ModelShape(hidden_size=sweep.BaseSettings.hidden_size,
+                                     num_hidden_layers=sweep.BaseSettings.num_hidden_layers, vocab_size=64))
+
+    def act(spec):
+        return parameter_accounting(get_peft_model(shared_copy(base), parse_method(spec).config())).activated_trainable
+
+    for question in questions.QUESTIONS:
+        if question.equal_activated:
+            for c in question.comparisons:
+                assert act(c.a) == act(c.b), (c.a, c.b)
 
 
 def test_matched_rank_is_the_closest_and_shared_copy_shares_weights():
@@ -92,11 +193,12 @@ def test_matched_rank_is_the_closest_and_shared_copy_shares_weights():
 
 def test_synthetic_answers_follow_the_world_and_splits_are_disjoint():
     world = World(0)
-    assert not set(world.train_creatures) & set(world.test_creatures)
-    assert not set(world.train_pairs) & set(world.test_pairs)
+    for name, items in (("creatures", world.creatures), ("pairs", world.pairs)):
+        assert list(items) == list(SPLITS) and all(items.values()), name
+        assert sum(map(len, items.values())) == len(set().union(*map(set, items.values()))), name  # disjoint
     for task in TASKS:
-        for split, creatures, pairs in (("train", world.train_creatures, world.train_pairs),
-                                        ("test", world.test_creatures, world.test_pairs)):
+        for split in SPLITS:
+            creatures, pairs = world.creatures[split], world.pairs[split]
             for record in world.records(task.name, split, 40, seed=1):
                 words = record["instruction"].split()
                 assert is_correct(task.benchmark.extract(record["output"]), record["answer"],
@@ -126,6 +228,71 @@ def test_synthetic_answers_follow_the_world_and_splits_are_disjoint():
                     assert truth in (COLOURS if task.name == "answer" else HOMES)
 
 
+def test_pretraining_states_and_asks_only_the_worlds_facts():
+    world = World(0)
+    for kind in QUESTIONS:
+        for question, answer_word in world.facts_of(kind):
+            words = question.split()
+            if kind in ("sum", "difference", "more"):
+                x, y = int(words[2 if kind != "more" else 4]), int(words[4 if kind != "more" else 6])
+                assert int(answer_word) == {"sum": x + y, "difference": x - y, "more": max(x, y)}[kind]
+            else:
+                creature = next(w for w in words if w in world.facts)
+                assert answer_word == world.facts[creature][("colour", "home", "size").index(kind)]
+    for text in world.pretraining_texts(300, seed=3):
+        if "### Response:" in text:
+            question, answer_word = text.split("### Instruction:")[1].split("### Response:")
+            assert (question.strip(), answer_word.strip()) in [f for k in QUESTIONS for f in world.facts_of(k)]
+        elif " plus " in text:
+            a, _, b, _, total, _ = text.split()
+            assert int(a) + int(b) == int(total)
+        elif " minus " in text:
+            n, _, c, _, d, _ = text.split()
+            assert int(n) - int(c) == int(d)
+        elif " more than " in text:
+            words = text.split()
+            assert int(words[0]) > int(words[4]) and words[5:] == [".", words[4], "is", "less", "than", words[0], "."]
+        else:
+            creature = text.split()[1]
+            assert text.split()[3] == world.facts[creature][0] and world.facts[creature][1] in text
+
+
+def test_cache_key_covers_the_world_code_and_vocabulary(monkeypatch):
+    settings = sweep.BaseSettings()
+    key = settings.key()
+    assert key == sweep.BaseSettings().key() != sweep.BaseSettings(steps=settings.steps + 1).key()
+    real_source = sweep.inspect.getsource
+    monkeypatch.setattr(sweep.inspect, "getsource",
+                        lambda obj: real_source(obj) + ("# changed" if obj is sweep.synthetic else ""))
+    assert settings.key() != key
+    monkeypatch.undo()
+    real_tokenizer = sweep.world_tokenizer
+
+    def more_words(world):
+        from perft_peft.data import tiny_word_tokenizer
+
+        return tiny_word_tokenizer([*real_tokenizer(world).get_vocab(), "newword"])
+
+    monkeypatch.setattr(sweep, "world_tokenizer", more_words)
+    assert settings.key() != key
+
+
+def test_answer_loss_is_the_models_own_loss_on_the_response_tokens():
+    from perft_peft.data import make_collator, tiny_word_tokenizer, tokenize_example
+    from perft_peft.testing import tiny_moe
+
+    world = World(0)
+    records = world.records("add", "test", 3, seed=0)
+    tokenizer = tiny_word_tokenizer([r["instruction"] + " " + r["output"] for r in records] + [
+        sweep.generate_prompt(r) for r in records])
+    model = tiny_moe("mixtral", vocab_size=len(tokenizer))
+    features = [tokenize_example(r, tokenizer, 128, train_on_inputs=False) for r in records]
+    batch = make_collator(tokenizer)(features)
+    expected = model(**batch).loss.item()  # transformers' mean CE over the labelled (response) tokens
+    assert sum(1 for f in features for label in f["labels"] if label != -100) < sum(len(f["labels"]) for f in features)
+    assert sweep.answer_loss(model, tokenizer, records, 128, batch_size=2) == pytest.approx(expected, rel=1e-5)
+
+
 def _run(args, timeout=900):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
@@ -151,18 +318,27 @@ def test_speed_script_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_paper_sweep_script_smoke_and_resume(tmp_path):
-    args = ["benchmarks/paper_sweep.py", "--output", tmp_path / "sweep", "--cache_dir", tmp_path / "cache",
-            "--methods", "R:M=4,K=1", "E", "lora_attn", "loracoe:r=4,E=2", "--ranks", 2, "--hidden_size", 32,
-            "--layers", 1, "--base_steps", 3, "--max_steps", 2, "--train_per_task", 2, "--test_per_task", 2,
-            "--batch_size", 4]
+    args = ["benchmarks/paper_sweep.py", "--quick", "--output", tmp_path / "sweep", "--cache_dir", tmp_path / "cache"]
     _run(args)
-    results = json.loads((tmp_path / "sweep.json").read_text())
-    assert [r["spec"] for r in results] == ["base", "R:M=4,K=1,r=2", "E:r=2", "lora_attn:r=2", "loracoe:r=4,E=2"]
-    assert all(len(r["scores"]) == len(TASKS) for r in results)
+    records = json.loads((tmp_path / "sweep.json").read_text())
+    runs = [(r["spec"], r["learning_rate"], r["seed"]) for r in records]
+    grid = [(spec, lr, 0) for spec in ("R:M=8,K=2,r=5", "lora_attn:r=8", "loracoe:r=8,E=2",
+                                       "loracoe:r=8,E=2,router=off") for lr in (1e-3, 1e-2)]
+    assert runs[0] == ("base", None, 0) and set(grid) <= set(runs) and len(runs) == 1 + 8 + 4
+    chosen = select(records)
+    assert all(sorted(sel.runs) == [0, 1] for spec, sel in chosen.items() if spec != "base")
+    off = [r for r in records if r["spec"].endswith("router=off")]
+    assert all(r["scored_from"] == "loracoe:r=8,E=2" for r in off)
+    assert all(set(r[split]) == {t.name for t in TASKS} and all(set(v) == {"accuracy", "loss"} for v in r[split].values())
+               for r in records for split in ("validation", "test"))
     assert (tmp_path / "sweep.png").stat().st_size > 0
-    table = (tmp_path / "sweep.md").read_text()
-    assert "| Strategy | r | # Act. | % Act. | TF |" in table and "PERFT-R (Top1/4)" in table
+    text = (tmp_path / "sweep.md").read_text()
+    assert "| Strategy | r | # Act. | % Act. | lr | seeds | TF |" in text and " ± " in text
+    assert "Base knowledge: answers" in text and "## The papers' comparisons" in text
+    assert "`R:M=8,K=2,r=5` vs `lora_attn:r=8`" in text and "not run (D:M=2,r=7)" in text
     assert len(list((tmp_path / "cache").iterdir())) == 1
-    _run(args + ["--methods", "E", "S"])  # resumes: E is not trained again (same record), S is
+    _run(args + ["--methods", "lora_attn:r=8", "S:r=2", "--seeds", 3])  # resumes: only S and the third seed run
     again = json.loads((tmp_path / "sweep.json").read_text())
-    assert again[:5] == results and again[5]["spec"] == "S:r=2" and len(again) == 6
+    assert again[:len(records)] == records
+    assert sorted((r["spec"], r["seed"]) for r in again[len(records):]) == [
+        ("S:r=2", 0), ("S:r=2", 0), ("S:r=2", 1), ("S:r=2", 2), ("lora_attn:r=8", 2)]

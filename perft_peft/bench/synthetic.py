@@ -2,17 +2,20 @@
 the LLM-Adapters record format, shaped like the papers' two suites.
 
 The world: creatures with a colour, a home and a size; small numbers (0..20) with their sums, differences and
-order. Pre-training states those facts ("the fox is red .", "7 plus 5 is 12 .") and answers plain questions in the
-LLM-Adapters training template, so the base model knows the facts and the template but none of the tasks'
-formats. The tasks ask about the same facts in the formats of the papers' benchmarks, scored by the same
-extractors (``perft_peft.evaluation``):
+order. Pre-training states those facts ("the fox is red .", "7 plus 5 is 12 .", "12 minus 5 is 7 .") and asks
+every one of them as a plain question in the LLM-Adapters training template ("what is 12 minus 5 ?" -> "7"), so
+the base model knows the facts and the template but none of the tasks' formats. ``World.facts_of`` lists those
+questions: the sweep measures how many the base answers (its knowledge, in its pre-training format). The tasks
+ask about the same facts in the formats of the papers' benchmarks, scored by the same extractors
+(``perft_peft.evaluation``):
 
     truefalse  BoolQ's "Answer format: true/false"          ending   HellaSwag's ending1..ending4
     solution   PIQA's solution1/solution2                   option   WinoGrande's fill-the-blank option1/option2
     answer     SIQA/ARC/OBQA's answer1..answer3             add, two_step   word problems with a final number
 
-Test items use creatures and number pairs that fine-tuning never shows (their facts are in pre-training), so a
-score says whether the adapter learnt the task, not the answers.
+Training, validation and test items use disjoint creatures and number pairs (all of whose facts are in
+pre-training), so a test score says whether the adapter learnt the task, not the answers, and choosing a learning
+rate on validation never looks at the test.
 """
 
 from __future__ import annotations
@@ -29,8 +32,14 @@ HOMES = ["forest", "river", "city", "desert"]
 SIZES = ["small", "big"]
 CREATURES = ["fox", "owl", "cat", "dog", "bee", "eel", "elk", "yak", "ant", "bat", "cow", "hen", "pig", "rat",
              "ram", "emu", "frog", "goat", "hare", "lark", "mole", "moth", "newt", "seal", "swan", "toad", "wasp",
-             "wolf", "crab", "deer", "duck", "lion"]
+             "wolf", "crab", "deer", "duck", "lion", "mink", "puma", "orca", "kiwi", "ibis", "gnu", "koi", "lynx",
+             "mule", "oryx", "pony", "quail", "robin", "shrew", "tiger", "viper"]
 PEOPLE = ["tom", "anna", "ben", "mia"]
+SUMS = [(a, b) for a in range(MAX_NUMBER + 1) for b in range(MAX_NUMBER + 1 - a)]  # a + b <= MAX_NUMBER
+DIFFERENCES = [(n, c) for n in range(MAX_NUMBER + 1) for c in range(n + 1)]
+ORDERED = [(x, y) for x in range(MAX_NUMBER + 1) for y in range(MAX_NUMBER + 1) if x != y]
+STATEMENTS = ("creature", "sum", "difference", "order")  # pre-training's plain statements
+QUESTIONS = ("colour", "home", "size", "sum", "difference", "more")  # and its questions: the probed knowledge
 THINGS = ["apples", "coins", "books", "cards"]
 
 
@@ -52,54 +61,89 @@ TASKS = [Task("truefalse", "TF", get_benchmark("boolq")), Task("solution", "Sol"
 assert {t.domain for t in TASKS} == {COMMONSENSE, ARITHMETIC}
 
 
+SPLITS = {"train": 0.5, "validation": 0.2, "test": 0.3}  # shares of the creatures and of the number pairs
+
+
+def _split(items: list) -> dict[str, list]:
+    """``items`` cut into SPLITS' shares, in order."""
+    out, start = {}, 0
+    for i, (name, share) in enumerate(SPLITS.items()):
+        end = len(items) if i == len(SPLITS) - 1 else start + round(share * len(items))
+        out[name], start = items[start:end], end
+    return out
+
+
 class World:
-    """Every fact of the world, drawn from ``seed``, and the train / test split of creatures and number pairs."""
+    """Every fact of the world, drawn from ``seed``, and the disjoint train / validation / test splits of creatures
+    and number pairs that the tasks ask about (pre-training states the facts of all of them)."""
 
     def __init__(self, seed: int = 0):
         rng = random.Random(seed)
         self.facts = {c: (rng.choice(COLOURS), rng.choice(HOMES), rng.choice(SIZES)) for c in CREATURES}
-        creatures = list(CREATURES)
+        creatures, pairs = list(CREATURES), list(SUMS)
         rng.shuffle(creatures)
-        self.train_creatures, self.test_creatures = creatures[:20], creatures[20:]
-        pairs = [(a, b) for a in range(MAX_NUMBER + 1) for b in range(MAX_NUMBER + 1 - a)]
         rng.shuffle(pairs)
-        cut = len(pairs) * 2 // 3
-        self.train_pairs, self.test_pairs = pairs[:cut], pairs[cut:]
+        self.creatures = _split(creatures)
+        self.pairs = _split(pairs)
 
     # -- pre-training -------------------------------------------------------------------------------------------
 
     def pretraining_document(self, rng: random.Random) -> str:
-        """One statement or template-formatted question of the world's knowledge."""
-        kind = rng.randrange(7)
-        creature = rng.choice(CREATURES)
-        colour, home, size = self.facts[creature]
-        a, b = rng.choice(self.train_pairs + self.test_pairs)
-        if kind == 0:
-            return f"the {creature} is {colour} . the {creature} lives in the {home} . the {creature} is {size} ."
-        if kind == 1:
-            return f"{a} plus {b} is {a + b} . {a + b} minus {b} is {a} ."
-        if kind == 2:
-            x, y = rng.sample(range(MAX_NUMBER + 1), 2)
-            return f"{max(x, y)} is more than {min(x, y)} . {min(x, y)} is less than {max(x, y)} ."
-        question, answer = [
-            (f"what colour is the {creature} ?", colour), (f"where does the {creature} live ?", home),
-            (f"is the {creature} small or big ?", size), (f"what is {a} plus {b} ?", str(a + b)),
-        ][kind - 3]
+        """One statement or template-formatted question of the world's knowledge, every kind equally likely."""
+        kind = rng.randrange(len(STATEMENTS) + len(QUESTIONS))
+        if kind < len(STATEMENTS):
+            return getattr(self, f"_statement_{STATEMENTS[kind]}")(rng)
+        question, answer = rng.choice(self.facts_of(QUESTIONS[kind - len(STATEMENTS)]))
         return generate_prompt({"instruction": question, "input": "", "output": answer})
 
     def pretraining_texts(self, count: int, seed: int) -> list[str]:
         rng = random.Random(seed)
         return [self.pretraining_document(rng) for _ in range(count)]
 
+    def _statement_creature(self, rng):
+        creature = rng.choice(CREATURES)
+        colour, home, size = self.facts[creature]
+        return f"the {creature} is {colour} . the {creature} lives in the {home} . the {creature} is {size} ."
+
+    @staticmethod
+    def _statement_sum(rng):
+        a, b = rng.choice(SUMS)
+        return f"{a} plus {b} is {a + b} ."
+
+    @staticmethod
+    def _statement_difference(rng):
+        n, c = rng.choice(DIFFERENCES)
+        return f"{n} minus {c} is {n - c} ."
+
+    @staticmethod
+    def _statement_order(rng):
+        x, y = rng.choice(ORDERED)
+        return f"{max(x, y)} is more than {min(x, y)} . {min(x, y)} is less than {max(x, y)} ."
+
+    def facts_of(self, kind: str) -> list[tuple[str, str]]:
+        """Every (question, one-word answer) of a kind of knowledge, as pre-training asks it in the template."""
+        if kind in ("colour", "home", "size"):
+            index = ("colour", "home", "size").index(kind)
+            ask = {"colour": "what colour is the {} ?", "home": "where does the {} live ?",
+                   "size": "is the {} small or big ?"}[kind]
+            return [(ask.format(c), self.facts[c][index]) for c in CREATURES]
+        if kind == "sum":
+            return [(f"what is {a} plus {b} ?", str(a + b)) for a, b in SUMS]
+        if kind == "difference":
+            return [(f"what is {n} minus {c} ?", str(n - c)) for n, c in DIFFERENCES]
+        if kind == "more":
+            return [(f"which is more , {x} or {y} ?", str(max(x, y))) for x, y in ORDERED]
+        raise ValueError(f"Unknown kind of knowledge {kind!r}; choose one of {', '.join(QUESTIONS)}.")
+
     # -- tasks ----------------------------------------------------------------------------------------------------
 
     def records(self, task: str, split: str, count: int, seed: int) -> list[dict]:
-        """``count`` LLM-Adapters records of ``task`` on the ``split`` ("train" / "test") creatures or pairs."""
+        """``count`` LLM-Adapters records of ``task`` on the ``split`` (one of SPLITS) creatures or pairs."""
+        if split not in SPLITS:
+            raise ValueError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
         rng = random.Random(f"{task}/{split}/{seed}")
-        creatures = self.train_creatures if split == "train" else self.test_creatures
-        pairs = self.train_pairs if split == "train" else self.test_pairs
         make = getattr(self, f"_{task}")
-        return [make(rng, creatures, pairs) for _ in range(count)]
+        return [make(rng, self.creatures[split], self.pairs[split]) for _ in range(count)]
 
     @staticmethod
     def _choice(rng, correct: str, others: list[str], n: int, prefix: str) -> tuple[str, str]:
