@@ -3,7 +3,8 @@ scored on held-out tasks, tabulated like the PERFT paper's Table 1 and plotted l
 comparisons answered with intervals over seeds (``questions``).
 
 Offline (the default), the base is a tiny Mixtral-shaped MoE pre-trained here on ``synthetic.World`` (cached on
-disk, keyed by its settings) and the tasks are the world's. With ``--model``, ``--data`` and ``--eval_data_dir``
+disk, keyed by its settings and by the code and vocabulary that make it; ``knowledge`` measures what it knows)
+and the tasks are the world's. With ``--model``, ``--data`` and ``--eval_data_dir``
 the same loop fine-tunes a real model on LLM-Adapters data and scores the papers' benchmarks. Fine-tuning is
 PerftTrainer (PERFT-R's balancing loss, LoRACoE's two phases); scoring is the evaluation module's generation and
 answer extraction (accuracy) plus the teacher-forced mean NLL of the response tokens (loss).
@@ -46,6 +47,8 @@ DEFAULT_METHODS = ["R:M=8,K=2,r=5", "R:M=8,K=1,r=5", "R:M=8,K=4,r=5", "R:M=8,K=2
                    "D:M=2,r=7", "S:r=14", "lora_attn:r=8", "loracoe:r=8,E=1", "loracoe:r=8,E=2",
                    "loracoe:r=8,E=2,router=off", "loracoe:r=8,E=4", "loramoe:r=8,E=4"]
 DEFAULT_RANKS = [8]  # for specs that name no r
+# Budget (README, "The paper in miniature"): 12 trained methods x (3 rates + 2 more seeds) = 60 runs of 300 steps;
+# pilots measured 0.14-0.19 CPU-s per step and ~10 CPU-s of scoring per run: ~1 h on one free core.
 DEFAULT_LEARNING_RATES = [1e-3, 3e-3, 1e-2]
 DEFAULT_SEEDS = 3
 KNOWLEDGE_AIM = 90.0  # % of the world's facts the base should answer before fine-tuning measures adaptation
@@ -333,8 +336,9 @@ def run_sweep(methods: list[Method], load_base: Callable, tokenizer, train_recor
     def run(method: Method, learning_rate: float, seed: int):
         if all((canonical(m.spec), learning_rate, seed) in done for m in [method, *variants[method]]):
             return
-        torch.manual_seed(seed)
-        model = get_peft_model(load_base(), method.config())
+        base = load_base()
+        torch.manual_seed(seed)  # the adapter's initialisation; the Trainer seeds the data order
+        model = get_peft_model(base, method.config())
         accounting = parameter_accounting(model)
         start = time.perf_counter()
         loss = finetune(model, method, dataset, tokenizer, settings, learning_rate, seed, progress=False)
@@ -444,7 +448,7 @@ _ANSWER_HEADER = ["a vs b", "paper", "Δ accuracy a-b, points [95% CI]", "answer
 
 def plot(records: list[dict], tasks, path: Path, title: str) -> None:
     """Figure 4's shape: average score (mean over seeds, 95% interval as error bar) against % Act. (log scale);
-    colour = method family, marker size = r."""
+    colour = method family, marker size = r, hollow = scored differently from how it was trained (router off)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -467,8 +471,10 @@ def plot(records: list[dict], tasks, path: Path, title: str) -> None:
         error = 0.0 if interval.n < 2 else interval.half_width
         ax.errorbar(record["pct_activated"], interval.mean, yerr=error, fmt="none", ecolor=colours[record["group"]],
                     alpha=0.6, capsize=3)
-        ax.scatter(record["pct_activated"], interval.mean, s=25 + 12 * record["r"], color=colours[record["group"]],
-                   alpha=0.8, edgecolors="black", linewidths=0.5)
+        hollow = record["scored_from"] != record["spec"]  # e.g. LoRACoE without its router at inference
+        ax.scatter(record["pct_activated"], interval.mean, s=25 + 12 * record["r"],
+                   color="none" if hollow else colours[record["group"]], alpha=0.8,
+                   edgecolors=colours[record["group"]] if hollow else "black", linewidths=1.0 if hollow else 0.5)
     for group, colour in colours.items():
         ax.scatter([], [], color=colour, label=group, s=60)
     ax.set_xscale("log")
