@@ -22,7 +22,7 @@ from .conftest import base_model
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
 FAST = ["--tiny", "--max_steps", "2", "--batch_size", "2", "--micro_batch_size", "2", "--gradient_checkpointing",
-        "false", "--save_steps", "1", "--logging_steps", "1"]
+        "false", "--save_steps", "1", "--logging_steps", "1", "--val_set_size", "0"]
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "run_info.json", "accounting.json",
                  "routing_stats.json")
 
@@ -167,11 +167,14 @@ def test_training_arguments_must_be_finite(tmp_path, name):
         PerftTrainingArguments(output_dir=str(tmp_path), use_cpu=True, **{name: math.nan})
 
 
-def test_layers_to_transform_beyond_the_model():
+@pytest.mark.parametrize("config", [PerftConfig(variant="S", layers_to_transform=[1, 5]),
+                                    LoraCoeConfig(target_modules=["q_proj"], layers_to_transform=[1, 5])],
+                         ids=["perft", "loracoe"])
+def test_layers_to_transform_beyond_the_model(config):
     model = base_model()
     with pytest.raises(ValueError, match=r"layers_to_transform=\[1, 5\]: MixtralForCausalLM has 2 layers"):
-        get_peft_model(model, PerftConfig(variant="S", layers_to_transform=[1, 5]))
-    assert not any("perft" in n for n, _ in model.named_parameters())
+        get_peft_model(model, config)
+    assert not any(prefix in n for n, _ in model.named_parameters() for prefix in ("perft_", "loracoe_"))
 
 
 # -- case 12: PERFT on a module that is no MoE experts module -------------------------------------------------------

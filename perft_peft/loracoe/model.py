@@ -9,6 +9,7 @@ from peft.tuners.tuners_utils import BaseTuner, _maybe_include_all_linear_layers
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
+from ..checks import check_layers_to_transform
 from ..init import cast_adapter_dtype
 from ..perft.model import check_adapter_name
 from ..targets import matched_targets
@@ -57,6 +58,7 @@ class LoraCoeModel(BaseTuner):
                                      "(the paper adapts q_proj, k_proj, v_proj, up_proj, down_proj).")
                 config.target_modules = sorted(self.target_module_mapping[model_type])
         _maybe_include_all_linear_layers(config, model)
+        check_layers_to_transform(model, config.layers_to_transform)
         targets = matched_targets(model, config)
         not_linear = {name: type(module).__name__ for name, module in targets.items()
                       if not isinstance(module, nn.Linear)}
