@@ -367,7 +367,7 @@ def run_sweep(methods: list[Method], load_base: Callable, tokenizer, train_recor
     return records
 
 
-# -- Table 1, Figure 4 and the answers ----------------------------------------------------------------------------------
+# -- Table 1, Figure 4 and the answers ---------------------------------------------------------------------------------
 
 def _domains(tasks) -> dict[str, list[str]]:
     """{"CR": commonsense task names, "AR": arithmetic ones} (where present) and "Avg.": all."""
