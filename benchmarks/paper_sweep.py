@@ -144,7 +144,8 @@ if __name__ == "__main__":
     hours = sum(r["train_seconds"] for r in records) / 3600
     text = "\n".join([
         "# The PERFT comparison in miniature" if synthetic else f"# PERFT sweep on {base_name}", "",
-        *machine_lines(device), f"- Base model: {base_name}", *([f"- Base knowledge: {knowledge}"] if knowledge else []),
+        *machine_lines(device), f"- Base model: {base_name}",
+        *([f"- Base knowledge: {knowledge}"] if knowledge else []),
         f"- Fine-tuning (every method): {settings}",
         f"- Protocol: learning rate chosen per method from {list(protocol.learning_rates)} on the validation split "
         f"(seed 0; best mean accuracy, ties: lower answer NLL), then seeds 0..{protocol.seeds - 1} at that rate; "

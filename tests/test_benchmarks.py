@@ -97,7 +97,8 @@ def test_method_options_reach_the_config():
 def test_t_interval_and_paired_differences():
     interval = t_interval([1.0, 2.0, 3.0])  # sd 1, t(2) = 4.303
     assert interval.mean == 2.0 and interval.half_width == pytest.approx(4.303 / 3**0.5)
-    assert t975(30) == 2.042 and t975(31) == pytest.approx(2.040, abs=1e-3) and t975(1000) == pytest.approx(1.962, abs=1e-3)
+    assert t975(30) == 2.042 and t975(31) == pytest.approx(2.040, abs=1e-3)
+    assert t975(1000) == pytest.approx(1.962, abs=1e-3)
     assert not t_interval([5.0]).excludes_zero()  # one seed: no interval, never a verdict
     # a shared per-seed offset cancels in the paired difference: a is 1 better on every seed
     paired = paired_interval({0: 11.0, 1: 51.0, 2: 91.0, 9: 0.0}, {0: 10.0, 1: 50.0, 2: 90.0})
@@ -329,7 +330,8 @@ def test_paper_sweep_script_smoke_and_resume(tmp_path):
     assert all(sorted(sel.runs) == [0, 1] for spec, sel in chosen.items() if spec != "base")
     off = [r for r in records if r["spec"].endswith("router=off")]
     assert all(r["scored_from"] == "loracoe:r=8,E=2" for r in off)
-    assert all(set(r[split]) == {t.name for t in TASKS} and all(set(v) == {"accuracy", "loss"} for v in r[split].values())
+    assert all(set(r[split]) == {t.name for t in TASKS}
+               and all(set(v) == {"accuracy", "loss"} for v in r[split].values())
                for r in records for split in ("validation", "test"))
     assert (tmp_path / "sweep.png").stat().st_size > 0
     text = (tmp_path / "sweep.md").read_text()
