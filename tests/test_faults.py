@@ -68,6 +68,14 @@ def test_resume_refuses_adapter_of_another_type_or_shape(tmp_path):
     perft = _trainer(tmp_path / "loracoe", max_steps=4, resume_from_other_run=True)
     with pytest.raises(ValueError, match="holds a LORACOE adapter, but the model has a PERFT adapter"):
         perft.train(resume_from_checkpoint=True)
+    # the case that used to exit 0 with a fresh adapter: no optimizer state to trip over
+    (checkpoint,) = (tmp_path / "loracoe").glob("checkpoint-*")
+    for name in ("optimizer.pt", "scheduler.pt"):
+        (checkpoint / name).unlink()
+    perft = _trainer(tmp_path / "loracoe", max_steps=4, resume_from_other_run=True)
+    with pytest.raises(ValueError, match="holds a LORACOE adapter, but the model has a PERFT adapter"):
+        perft.train(resume_from_checkpoint=True)
+    assert perft.state.global_step == 0
 
     _trainer(tmp_path / "r4", max_steps=2).train()
     wider = _trainer(tmp_path / "r4", get_peft_model(base_model(), PerftConfig(variant="R", r=8)), max_steps=4,
