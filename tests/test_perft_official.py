@@ -221,12 +221,12 @@ def test_tiny_recipe_run_validates_and_keeps_the_best(tmp_path):
 # -- the authors' OLMoE PERFT-R gates: the model router's weights ------------------------------------------------
 
 @pytest.mark.parametrize("sparse", [False, True])
-@pytest.mark.parametrize("expert_type", ["lora", "adapter"])
+@pytest.mark.parametrize("expert_type, top_k", [("lora", 2), ("adapter", 2), ("lora", 1)])  # 1: below the model's 2
 @pytest.mark.parametrize("family", ["olmoe", "mixtral"])
-def test_base_gate_weights_equal_equations(family, expert_type, sparse, input_ids, tmp_path, monkeypatch):
+def test_base_gate_weights_equal_equations(family, expert_type, top_k, sparse, input_ids, tmp_path, monkeypatch):
     """gate_weights='base' (modeling_olmoe.py line 882): the PEFT router picks K experts; the k-th pick is weighted
     by the model router's k-th top-k weight for the token. Saved and loaded with the adapter."""
-    config = PerftConfig(variant="R", num_experts=4, top_k=2, r=4, lora_alpha=8, init_weights=False,
+    config = PerftConfig(variant="R", num_experts=4, top_k=top_k, r=4, lora_alpha=8, init_weights=False,
                          gate_weights="base", expert_type=expert_type, adapter_act="silu")
     model = get_peft_model(base_model(family), config)
     _randomise_routers(model)
