@@ -68,6 +68,14 @@ def test_resume_refuses_adapter_of_another_type_or_shape(tmp_path):
     perft = _trainer(tmp_path / "loracoe", max_steps=4, resume_from_other_run=True)
     with pytest.raises(ValueError, match="holds a LORACOE adapter, but the model has a PERFT adapter"):
         perft.train(resume_from_checkpoint=True)
+    # the case that used to exit 0 with a fresh adapter: no optimizer state to trip over
+    (checkpoint,) = (tmp_path / "loracoe").glob("checkpoint-*")
+    for name in ("optimizer.pt", "scheduler.pt"):
+        (checkpoint / name).unlink()
+    perft = _trainer(tmp_path / "loracoe", max_steps=4, resume_from_other_run=True)
+    with pytest.raises(ValueError, match="holds a LORACOE adapter, but the model has a PERFT adapter"):
+        perft.train(resume_from_checkpoint=True)
+    assert perft.state.global_step == 0
 
     _trainer(tmp_path / "r4", max_steps=2).train()
     wider = _trainer(tmp_path / "r4", get_peft_model(base_model(), PerftConfig(variant="R", r=8)), max_steps=4,
@@ -132,6 +140,20 @@ def test_nan_in_base_router_stops_training_at_first_step(tmp_path):
     trainer = _trainer(tmp_path, model, save_steps=1)
     with pytest.raises(NonFiniteError, match=r"loss is nan at step 1.*layers\.1\.mlp\.gate\.weight \(1 of"):
         trainer.train()
+    assert not list(tmp_path.glob("checkpoint-*")) and not (tmp_path / "adapter_model.safetensors").exists()
+
+
+def test_nan_in_perft_router_stops_training_at_first_step(tmp_path):
+    """Case 3 names "PERFT's or the base model's" router: one NaN in PERFT-R's own router weight."""
+    model = get_peft_model(base_model(), PerftConfig(variant="R", r=4))
+    router = model.base_model.model.model.layers[0].mlp.experts.perft_router["default"]
+    with torch.no_grad():
+        router[1, 2] = float("nan")
+    trainer = _trainer(tmp_path, model, save_steps=1)
+    with pytest.raises(NonFiniteError, match=r"loss is nan at step 1.*layers\.0\.mlp\.experts\.perft_router\.default "
+                                             r"\(1 of \d+ values\)"):
+        trainer.train()
+    assert trainer.state.global_step == 0
     assert not list(tmp_path.glob("checkpoint-*")) and not (tmp_path / "adapter_model.safetensors").exists()
 
 
@@ -278,6 +300,9 @@ def test_final_save_interrupted_between_weights_and_config_keeps_the_old_adapter
     before = {name: (out / name).read_bytes() for name in ("adapter_config.json", "adapter_model.safetensors")}
     trainer.train()  # other weights
     trainer.model.peft_config["default"].lora_alpha = 7  # and another config
+    saved = _adapter(out)
+    assert any(not torch.equal(p.detach(), saved[n.replace(".default", "")]) for n, p in
+               trainer.model.named_parameters() if n.replace(".default", "") in saved), "new weights to save"
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed")

@@ -149,3 +149,41 @@ def test_umap_after_pca_when_installed():
     assert isinstance(projection.umap, umap.UMAP)
     expected = projection.umap.transform(projection.pca(x[:5]).numpy())
     torch.testing.assert_close(projection(x[:5]), torch.as_tensor(expected, dtype=torch.float32))
+
+
+class _FakeUMAP:
+    """Stands in for umap.UMAP (umap-learn is an optional extra, not installed by `make test`): records what it is
+    given, so the PCA -> UMAP wiring runs whether or not umap-learn is present."""
+
+    def __init__(self, **settings):
+        self.settings = settings
+
+    def fit(self, x):
+        self.fitted_on = x
+        return self
+
+    def transform(self, x):
+        return x[:, ::-1][:, :2].copy()  # any fixed map to 2-D that is not PCA's first two columns
+
+
+def test_umap_wiring_without_umap_learn(monkeypatch, tmp_path, capsys):
+    import sys
+    import types
+
+    x = torch.randn(60, 8, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setitem(sys.modules, "umap", None)  # not installed: auto = PCA alone, --projection umap refused
+    assert not f6.umap_available() and f6.fit_projection(x).umap is None
+    adapter = _save(tmp_path, "S")[1]
+    with pytest.raises(SystemExit):
+        f6.main(["--adapter", str(adapter), "--layer", "1", "--output", str(tmp_path / "f.png"),
+                 "--projection", "umap"])
+    assert "needs umap-learn" in capsys.readouterr().err
+
+    monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=_FakeUMAP))
+    projection = f6.fit_projection(x)  # auto: UMAP when importable
+    assert isinstance(projection.umap, _FakeUMAP) and projection.umap.settings == f6.UMAP_SETTINGS
+    pca = projection.pca(x)
+    assert pca.shape[1] == projection.components.shape[0]
+    torch.testing.assert_close(torch.as_tensor(projection.umap.fitted_on), pca)  # fitted on the PCA scores
+    torch.testing.assert_close(projection(x[:5]), pca[:5].flip(1)[:, :2].float())
+    assert f6.fit_projection(x, use_umap=False).umap is None

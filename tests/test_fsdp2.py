@@ -55,9 +55,11 @@ def test_sharded_training_saves_a_full_adapter_that_reloads_exactly(trained, met
     assert report["sharded"] and report["ungathered_is_dtensor"]
     assert report["losses"][-1] < report["losses"][0]
     saved = load_file(str(trained / method / "adapter_model.safetensors"))
-    # ...and the saved tensors are the full ones, trained (B starts at zero).
+    # ...and the saved tensors are the full ones, trained: B starts at zero (LoRACoE) or at ~1e-6 (PERFT's default
+    # init_weights="perft"); four AdamW steps at lr 1e-2 move it by ~1e-2.
     assert {k: list(v.shape) for k, v in saved.items()} == report["full_shapes"]
-    assert all(v.abs().sum() > 0 for k, v in saved.items() if k.endswith(("perft_B", "loracoe_B")))
+    B = [v for k, v in saved.items() if k.endswith(("perft_B", "loracoe_B"))]
+    assert B and all(v.abs().max() > 1e-3 for v in B)
     model = PeftModel.from_pretrained(tiny_moe("mixtral"), trained / method).eval()
     with torch.no_grad():
         logits = model(torch.tensor(PROBE)).logits

@@ -76,6 +76,9 @@ def test_loracoe_push_and_other_types_untouched(pushed):
     storage, result = pushed
     coe = card_text(storage, LORACOE_REPO)
     assert metadata(coe)["tags"][:3] == ["loracoe", "peft", "moe"] and "**LoRACoE**" in coe
+    assert metadata(coe)["library_name"] == "peft" and metadata(coe)["base_model"] == result["base_path"]
+    assert f'PeftModel.from_pretrained(base, "{LORACOE_REPO}")' in coe
+    assert "transformers model that has been pushed" not in coe
     lora = metadata(card_text(storage, LORA_REPO))
     assert lora == result["lora_card_without_perft_peft"], "a LoRA gets exactly the card it gets without us"
     assert lora["library_name"] == "transformers"
