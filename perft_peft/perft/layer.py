@@ -166,8 +166,9 @@ class PerftLayer(nn.Module, BaseTunerLayer):
             if setting.norm_topk_prob:
                 weights = weights / weights.sum(dim=-1, keepdim=True)
             if setting.base_gate_weights:  # the authors' OLMoE code: the k-th choice gets the model's k-th weight
-                base_weights = _routing_arguments(args, kwargs)[1]
-                weights = base_weights.reshape(index.shape[0], -1)[:, :setting.top_k].float()
+                base_weights = _routing_arguments(args, kwargs)[1].reshape(index.shape[0], -1).float()
+                # k-th largest: some routers (DeepSeek-V3's topk(sorted=False)) hand their weights over unsorted
+                weights = base_weights.sort(dim=-1, descending=True).values[:, :setting.top_k]
             record_logits = logits
         else:
             index, weights = _routing_arguments(args, kwargs)
