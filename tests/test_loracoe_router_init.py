@@ -9,15 +9,8 @@ from safetensors.torch import load_file, save_file
 
 from perft_peft import LoraCoeConfig, set_loracoe_phase
 
-from .test_loracoe import TARGETS, adapter_term, assert_close_to_warmup, layers, logits, switch_changes, tiny_llama
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from .test_loracoe import (  # noqa: F401  (one_thread: the module-wide autouse fixture)
+    TARGETS, adapter_term, assert_close_to_warmup, layers, logits, one_thread, switch_changes, tiny_llama)
 
 
 @pytest.fixture

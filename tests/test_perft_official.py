@@ -26,12 +26,18 @@ def _layers(model):
     return [m for m in model.modules() if isinstance(m, PerftLayer)]
 
 
-def _count_sparse_calls(monkeypatch):
-    """Records every call of the grouped-GEMM path, so a ``sparse`` parametrisation cannot silently run dense."""
+def _logits_on_path(model, input_ids, sparse, monkeypatch):
+    """The model's logits on the dense or the grouped-GEMM (``sparse``) path, checking that path is the one that
+    ran, so a ``sparse`` parametrisation cannot silently run dense (or the other way round)."""
     calls = []
-    sparse = perft_layer._sparse_experts
-    monkeypatch.setattr(perft_layer, "_sparse_experts", lambda *a: calls.append(1) or sparse(*a))
-    return calls
+    grouped = perft_layer._sparse_experts
+    monkeypatch.setattr(perft_layer, "_sparse_experts", lambda *a: calls.append(1) or grouped(*a))
+    if sparse:
+        _force_sparse(model)
+    with torch.no_grad():
+        logits = model(input_ids).logits
+    assert bool(calls) == sparse, "the parametrised path (dense or grouped GEMM) must be the one that ran"
+    return logits
 
 
 def test_perft_init_statistics():
@@ -119,12 +125,7 @@ def test_renormalised_topk_equals_equations(family, expert_type, sparse, input_i
     _randomise_routers(model)
     for layer in _layers(model):  # the official B (1e-6) would hide every difference below the tolerance
         torch.nn.init.normal_(layer.perft_B["default"], std=0.5)
-    calls = _count_sparse_calls(monkeypatch)
-    if sparse:
-        _force_sparse(model)
-    with torch.no_grad():
-        logits = model(input_ids).logits
-    assert bool(calls) == sparse, "the parametrised path (dense or grouped GEMM) must be the one that ran"
+    logits = _logits_on_path(model, input_ids, sparse, monkeypatch)
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     assert saved["norm_topk_prob"] is True and saved["init_weights"] == "perft"
@@ -230,12 +231,7 @@ def test_base_gate_weights_equal_equations(family, expert_type, top_k, sparse, i
                          gate_weights="base", expert_type=expert_type, adapter_act="silu")
     model = get_peft_model(base_model(family), config)
     _randomise_routers(model)
-    calls = _count_sparse_calls(monkeypatch)
-    if sparse:
-        _force_sparse(model)
-    with torch.no_grad():
-        logits = model(input_ids).logits
-    assert bool(calls) == sparse, "the parametrised path (dense or grouped GEMM) must be the one that ran"
+    logits = _logits_on_path(model, input_ids, sparse, monkeypatch)
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "adapter_config.json").read_text())["gate_weights"] == "base"
     tensors = _adapter_tensors(tmp_path)
