@@ -23,7 +23,7 @@ CODE_SPAN = re.compile(r"(`+)(.+?)\1")
 # A cited document: docs/<page>.md, or an upper-case document name such as DESIGN.md or README.md.
 DOC_REF = re.compile(r"(?<![\w/.-])((?:docs/[\w.-]+|[A-Z][A-Z0-9_-]*)\.md)\b")
 # A cited section: `docs/<page>.md, section "Title"`, `docs/<page>.md "Title"`, `README "Title"` and the like.
-SECTION_REF = re.compile(r"(?<![\w/.-])(docs/[\w.-]+\.md|README(?:\.md)?)[,:]?\s+(?:section\s+)?"
+SECTION_REF = re.compile(r"(?<![\w/.-])(docs/[\w.-]+\.md|README(?:\.md)?)(?:'s)?[,:]?\s+(?:section\s+)?"
                          r"(?:\"([^\"\n]+)\"|'([^'\n]+)'|“([^”\n]+)”)")
 
 
