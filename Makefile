@@ -25,7 +25,7 @@ demo: $(STAMP)
 clean:
 	rm -rf $(VENV) build *.egg-info demo_output
 
-# The benchmarks (README, "Benchmarks"): results go to benchmarks/results/.
+# The benchmarks (docs/benchmarks.md): results go to benchmarks/results/.
 speed: $(STAMP)
 	$(PY) benchmarks/speed.py
 

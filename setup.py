@@ -4,7 +4,7 @@ from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 # Run by Python at start-up from site-packages: registers PERFT and LoRACoE with peft when peft is imported
-# (perft_peft_autoload.py says how, README "Loading without `import perft_peft`").
+# (perft_peft_autoload.py says how, docs/design.md "Registration: loading without `import perft_peft`").
 AUTOLOAD_PTH = ("perft_peft-autoload.pth", "import perft_peft_autoload; perft_peft_autoload.install()\n")
 
 
@@ -55,7 +55,7 @@ setup(
         "deepspeed": ["deepspeed>=0.17,<1"],
         # PERFT Figure 6 as the paper draws it: UMAP after PCA (without it, the figure shows PC1 and PC2)
         "umap": ["umap-learn>=0.5,<0.6"],
-        # lm-evaluation-harness, tested with exactly this release (README "Evaluating with lm-eval")
+        # lm-evaluation-harness, tested with exactly this release (docs/evaluation.md "Evaluating with lm-eval")
         "lm-eval": ["lm-eval==0.4.13"],
     },
 )

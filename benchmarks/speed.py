@@ -1,6 +1,6 @@
 """Training-step speed and memory of PERFT and LoRACoE next to peft's LoRA, side by side in one process.
 
-    python benchmarks/speed.py                          # the README's numbers: ~15 min on 2 CPU cores
+    python benchmarks/speed.py                          # the numbers in docs/benchmarks.md: ~15 min on 2 CPU cores
     python benchmarks/speed.py --device cuda --dtype bfloat16 --output benchmarks/results/speed_gpu.md
     python benchmarks/speed.py --sections loracoe --output /tmp/loracoe.md   # one section only
 

@@ -6,7 +6,7 @@
     python recipes/evaluate.py --adapter /tmp/run --tiny --limit 4 --output_dir /tmp/eval   # offline smoke run
 
 Writes eval_results.json, eval_results.md (the tables) and eval_predictions.json (every response) to
---output_dir. See README.md, section "Evaluation".
+--output_dir. See docs/evaluation.md.
 """
 
 import sys

@@ -1,4 +1,4 @@
-"""The PERFT equations of DESIGN.md, written independently of the library: plain loops, float64, tensors read
+"""The PERFT equations of docs/design.md, written independently of the library: plain loops, float64, tensors read
 back from the saved safetensors. Used to check what the layer computes."""
 
 import torch

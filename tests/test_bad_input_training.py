@@ -213,4 +213,4 @@ def test_evaluation_cli_checks_records_before_loading(tmp_path, capsys):
     assert "boolq/test.json: record 0 has no 'answer' field" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.parse(cli.parser(""), ["--adapter", "a", "--data_dir", str(tmp_path / "none"), "--output_dir", "o"])
-    assert "README.md, section 'Getting the test sets'" in capsys.readouterr().err
+    assert "docs/evaluation.md, section 'Getting the test sets'" in capsys.readouterr().err

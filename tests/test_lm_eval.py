@@ -3,7 +3,8 @@ base + tokenizer, adapters on it, and a local multiple-choice task (``include_pa
 
 The log-likelihoods lm-eval records must be the ones the adapted model gives, computed here directly from a
 ``PeftModel`` (and not the base model's). The ``lm_eval`` command runs in a fresh process that never imports
-perft_peft: the adapter loads through the autoload hook (README "Loading without `import perft_peft`").
+perft_peft: the adapter loads through the autoload hook (docs/design.md, "Registration: loading without
+`import perft_peft`").
 """
 
 import json

@@ -1,4 +1,4 @@
-"""LoRACoE against DESIGN.md's formula, computed independently, and its peft integration.
+"""LoRACoE against docs/design.md's formula, computed independently, and its peft integration.
 
 The reference runs the *unadapted* base model with forward hooks on the targeted Linear modules that add
 s * B (c(x) * (A x)) — or, for partition mode, Eq. 5's sum over rank groups — in float64 from the tensors read back
@@ -128,7 +128,7 @@ def adapter_tensors(path):
 
 
 def reference_term(x, tensors, config):
-    """DESIGN.md's formula (composition) or the paper's Eq. 4-5 (partition), float64, written out per expert."""
+    """docs/design.md's formula (composition) or the paper's Eq. 4-5 (partition), float64, written out per expert."""
     A, B, R = (tensors[k].double() for k in ("loracoe_A", "loracoe_B", "loracoe_router"))
     x = x.double().reshape(-1, x.shape[-1])
     r, E, s = config.r, config.num_experts, config.lora_alpha / config.r

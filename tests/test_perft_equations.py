@@ -1,4 +1,4 @@
-"""PERFT outputs against DESIGN.md's equations, computed independently, for every variant x family x expert type.
+"""PERFT outputs against docs/design.md's equations, computed independently, for every variant x family x expert type.
 
 The reference runs the *unadapted* base model with forward hooks on its experts modules that add the variant's
 term, computed with plain loops from the tensors read back from the saved adapter_model.safetensors and the

@@ -47,8 +47,8 @@ DEFAULT_METHODS = ["R:M=8,K=2,r=5", "R:M=8,K=1,r=5", "R:M=8,K=4,r=5", "R:M=8,K=2
                    "D:M=2,r=7", "S:r=14", "lora_attn:r=8", "loracoe:r=8,E=1", "loracoe:r=8,E=2",
                    "loracoe:r=8,E=2,router=off", "loracoe:r=8,E=4", "loramoe:r=8,E=4"]
 DEFAULT_RANKS = [8]  # for specs that name no r
-# Budget (README, "The paper in miniature"): 12 trained methods x (3 rates + 2 more seeds) = 60 runs of 300 steps;
-# pilots measured 0.14-0.19 CPU-s per step and ~10 CPU-s of scoring per run: ~1 h on one free core.
+# Budget (docs/benchmarks.md, "The paper in miniature"): 12 trained methods x (3 rates + 2 more seeds) = 60 runs
+# of 300 steps; pilots measured 0.14-0.19 CPU-s per step and ~10 CPU-s of scoring per run: ~1 h on one free core.
 DEFAULT_LEARNING_RATES = [3e-3, 1e-2, 3e-2]  # pilots: 1e-3 was the worst rate for PERFT-R and LoRA(q,v)
 DEFAULT_SEEDS = 3
 KNOWLEDGE_AIM = 90.0  # % of the world's facts the base should answer before fine-tuning measures adaptation

@@ -78,7 +78,7 @@ def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
         missing = [str(path) for path in args.sources.values() if not path.is_file()]
         if missing:
             p.error(f"missing test sets: {', '.join(missing)} (LLM-Adapters' dataset/<name>/test.json; see "
-                    "README.md, section 'Getting the test sets', for the download)")
+                    "docs/evaluation.md, section 'Getting the test sets', for the download)")
     try:  # the records too: a bad one should not wait for the model to load
         args.test_sets = {name: _load_records(get_benchmark(name), path, args.limit)
                           for name, path in args.sources.items()}

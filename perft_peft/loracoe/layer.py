@@ -1,4 +1,4 @@
-"""The LoRACoE layer: a LoRA on an ``nn.Linear`` whose r ranks are re-weighted per token (DESIGN.md).
+"""The LoRACoE layer: a LoRA on an ``nn.Linear`` whose r ranks are re-weighted per token (docs/design.md).
 
     y = W0 x + s * B (c(x) * (A x))
     composition (LoRACoE, §3.2): c(x) = kappa * mean_e softmax_r(R_e x),    R [E*r, d_in], row e*r + j = (e, j)

@@ -88,10 +88,10 @@ class PerftConfig(PeftConfig):
     init_weights: Union[bool, str] = field(
         default=PERFT_INIT,
         metadata={"help": "'perft' (default): the PERFT authors' A ~ N(0, 2/r), B ~ 1e-6 N(0, 1) (commonsense/"
-                          "utils.py, init_trainable_parameters); it trained faster than True in the README's "
-                          "measurement (benchmarks/perft_init.py). True: A like peft LoRA (Kaiming uniform), B = 0, "
-                          "so the adapted model equals the base model exactly at step 0. False: B random as well "
-                          "(for tests and debugging)."},
+                          "utils.py, init_trainable_parameters); it trained faster than True in the measurement of "
+                          "docs/benchmarks.md (benchmarks/perft_init.py). True: A like peft LoRA (Kaiming uniform), "
+                          "B = 0, so the adapted model equals the base model exactly at step 0. False: B random as "
+                          "well (for tests and debugging)."},
     )
     modules_to_save: Optional[list[str]] = field(
         default=None,

@@ -1,4 +1,4 @@
-"""The PERFT layer: a wrapper around a MoE experts module that adds the variant's term (DESIGN.md).
+"""The PERFT layer: a wrapper around a MoE experts module that adds the variant's term (docs/design.md).
 
 For a token's hidden state h entering the block, a PEFT expert is ``Delta_j(h) = s * B_j act(A_j h)`` and
 
