@@ -283,9 +283,11 @@ def untouched(model):
 
 
 @cases
-@pytest.mark.parametrize("name", ["<prefix>A", "keys", "update", "base_layer", "weight", "a.b", "1st", "", 3])
+@pytest.mark.parametrize("name", ["<prefix>A", "keys", "update", "base_layer", "weight", "a.b", "1st", ""])
+@pytest.mark.filterwarnings("ignore:Adapter name '' should not be contained in the prefix")
 def test_adapter_names_peft_forbids(case, name, input_ids):
-    name = name.replace("<prefix>", case.prefix) if isinstance(name, str) else name
+    """Names that would clash with the layers' attributes or state-dict keys (check_adapter_name)."""
+    name = name.replace("<prefix>", case.prefix)
     base = case.base()
     with pytest.raises(ValueError, match="Invalid adapter name|clashes with an attribute"):
         get_peft_model(base, case.config(), adapter_name=name)
