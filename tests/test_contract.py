@@ -1,12 +1,12 @@
 """The peft contract every adapter of this package keeps, run for every case of one matrix (as peft runs each of its
 tuners through ``PeftCommonTester``): PERFT's four variants x its two expert types and LoRACoE's two constructions.
 
-Each case is a small factory: the base model it adapts and the config (with overrides) it adapts it with; each check
-below runs on every case. What a method computes is tested against its equations elsewhere
+Each case is a small factory: the base model it adapts (a tiny Mixtral; save/load also runs PERFT-lora on every other
+tiny family) and the config (with overrides) it adapts it with; each check below runs on every case. What a method computes is tested against its equations elsewhere
 (test_perft_equations.py, test_loracoe.py); here only that peft's and transformers' entry points keep it intact.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import pytest
@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 from perft_peft import LoraCoeConfig, PerftConfig, set_loracoe_phase
 from perft_peft.testing import tiny_moe
 
-from .conftest import VARIANT_KWARGS
+from .conftest import FAMILIES, VARIANT_KWARGS
 
 
 @dataclass
@@ -33,12 +33,13 @@ class Case:
     bad_target: tuple[str, str] = ("nonexistent", "")  # a target_modules entry get_peft_model must refuse, message
     mergeable: Callable | None = None  # puts the model in a state that merges, where the method has one
     check_saved: Callable | None = None  # (tensors, config, model) -> None: the method's on-disk shapes
+    family: str = "mixtral"  # of the tiny base model
 
     def config(self, **overrides):
         return self.config_cls(**{**self.kwargs, **overrides})
 
     def base(self):
-        return tiny_moe("mixtral")
+        return tiny_moe(self.family)
 
 
 def _perft_saved(tensors, config, model):
@@ -105,8 +106,10 @@ CASES += [Case(f"loracoe-{construction}", LoraCoeConfig,
                LORACOE_BAD + ([(dict(r=6, num_experts=4), "divisible")] if construction == "partition" else []),
                ("post_attention_layernorm", "nn.Linear modules only"), mergeable=_warmup, check_saved=_loracoe_saved)
           for construction in ("composition", "partition")]
-BY_NAME = {case.name: case for case in CASES}
 cases = pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+FAMILY_CASES = [replace(case, name=f"{case.name}-{family}", family=family)
+                for case in CASES if case.name.startswith("perft-") and case.name.endswith("-lora")
+                for family in FAMILIES if family != "mixtral"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -147,7 +150,7 @@ def without_auto_mapping(config):
 
 # -- save / load ---------------------------------------------------------------------------------------------------
 
-@cases
+@pytest.mark.parametrize("case", CASES + FAMILY_CASES, ids=[case.name for case in CASES + FAMILY_CASES])
 def test_save_pretrained_and_from_pretrained(case, input_ids, tmp_path):
     model = adapted(case)
     expected = logits(model, input_ids)
