@@ -2,8 +2,9 @@
 tuners through ``PeftCommonTester``): PERFT's four variants x its two expert types and LoRACoE's two constructions.
 
 Each case is a small factory: the base model it adapts (a tiny Mixtral; save/load also runs PERFT-lora on every other
-tiny family) and the config (with overrides) it adapts it with; each check below runs on every case. What a method computes is tested against its equations elsewhere
-(test_perft_equations.py, test_loracoe.py); here only that peft's and transformers' entry points keep it intact.
+tiny family) and the config (with overrides) it adapts it with; each check below runs on every case. What a method
+computes is tested against its equations elsewhere (test_perft_equations.py, test_loracoe.py); here only that peft's
+and transformers' entry points keep it intact.
 """
 
 from dataclasses import dataclass, field, replace
@@ -77,9 +78,11 @@ PERFT_BAD = [
 PERFT_VARIANT_BAD = {
     "R": [(dict(num_experts=2, top_k=3), "top_k=3 is larger than num_experts=2"),
           (dict(num_experts=0), "num_experts must be a positive integer")],
-    "E": [(dict(num_experts=4), "PERFT-E does not take `num_experts`"), (dict(top_k=1), "PERFT-E does not take `top_k`")],
+    "E": [(dict(num_experts=4), "PERFT-E does not take `num_experts`"),
+          (dict(top_k=1), "PERFT-E does not take `top_k`")],
     "D": [(dict(top_k=2), "PERFT-D activates all its experts")],
-    "S": [(dict(num_experts=2), "PERFT-S does not take `num_experts`"), (dict(top_k=1), "PERFT-S does not take `top_k`")],
+    "S": [(dict(num_experts=2), "PERFT-S does not take `num_experts`"),
+          (dict(top_k=1), "PERFT-S does not take `top_k`")],
 }
 LORACOE_BAD = [
     (dict(composition_scale="sqrt"), "composition_scale"),

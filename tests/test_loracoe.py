@@ -1,5 +1,5 @@
-"""LoRACoE against docs/design.md's formula, computed independently; its phases, warm start and bad input (the peft contract
-runs in test_contract.py's matrix).
+"""LoRACoE against docs/design.md's formula, computed independently; its phases, warm start and bad input (the
+peft contract runs in test_contract.py's matrix).
 
 The reference runs the *unadapted* base model with forward hooks on the targeted Linear modules that add
 s * B (c(x) * (A x)) — or, for partition mode, Eq. 5's sum over rank groups — in float64 from the tensors read back
