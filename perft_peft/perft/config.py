@@ -7,8 +7,8 @@ from typing import Optional, Union
 
 from peft import PeftConfig, PeftType
 
-from ..init import INIT_CHOICES, PERFT_INIT
 from ..checks import check_layer_selection, check_positive_int, check_positive_number
+from ..init import INIT_CHOICES, PERFT_INIT
 
 VARIANTS = ("R", "E", "D", "S")
 EXPERT_TYPES = ("lora", "adapter")
