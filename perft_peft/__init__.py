@@ -9,8 +9,7 @@ from .accounting import ParameterAccounting, parameter_accounting
 from .analysis import rank_importance
 from .hub import install_card_hooks
 from .loracoe import LoraCoeConfig, LoraCoeModel, set_loracoe_phase
-from .losses import load_balancing_loss, router_records, router_z_loss
-from .perft import PerftConfig, PerftLayer, PerftModel
+from .perft import PerftConfig, PerftLayer, PerftModel, load_balancing_loss, router_records, router_z_loss
 from .registry import register
 
 register("perft", PerftConfig, PerftModel, prefix="perft_")

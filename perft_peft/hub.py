@@ -30,6 +30,8 @@ from huggingface_hub.utils import httpx  # httpx2 under huggingface_hub 2.x, htt
 from peft import PeftConfig
 
 from .accounting import ParameterAccounting, parameter_accounting
+from .loracoe.card import card_description as loracoe_card_description
+from .perft.card import card_description as perft_card_description
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 ACCOUNTING_FILE = "accounting.json"
@@ -37,21 +39,10 @@ EVAL_RESULTS_FILE = "eval_results.md"
 EVAL_REPORT_FILE = "eval_results.json"  # recipes/evaluate.py's table as data: the card's model-index
 CARD_BEGIN = "<!-- perft-peft card: regenerated on every save and push; edit outside this block -->"
 CARD_END = "<!-- end of perft-peft card -->"
-PEFT_TYPES = ("PERFT", "LORACOE")  # the adapter types whose cards are ours
+# Each method's folder says what its adapters add to the model: (tag, name, one-line description) from its config.
+CARD_DESCRIPTIONS = {"PERFT": perft_card_description, "LORACOE": loracoe_card_description}
+PEFT_TYPES = tuple(CARD_DESCRIPTIONS)  # the adapter types whose cards are ours
 DEFAULT_COMMIT_MESSAGE = "Upload adapter trained with perft-peft"
-
-_PERFT_VARIANTS = {
-    "R": "{num_experts} PEFT experts with their own top-{top_k} router, in parallel with each MoE block",
-    "E": "one PEFT expert inside each of the model's experts, reusing the model's router",
-    "D": "{num_experts} always-on shared PEFT experts in parallel with each MoE block",
-    "S": "one shared PEFT expert in parallel with each MoE block",
-}
-_LORACOE_CONSTRUCTIONS = {
-    "composition": ("LoRACoE", "{num_experts} composite experts re-weight the rank-1 parts of one rank-{r} LoRA "
-                               "per token"),
-    "partition": ("LoRAMoE (partition baseline)", "a router weights {num_experts} groups of the ranks of one "
-                                                  "rank-{r} LoRA per token"),
-}
 
 
 class HubPushError(RuntimeError):
@@ -294,12 +285,8 @@ def _model_index(report) -> list[EvalResult] | None:
 
 def _method(config, peft_type: str) -> tuple[str, str, str | None]:
     """The card's tag, the method's name and a one-line description of what it adds to the model."""
-    fields = config.to_dict()
-    if peft_type == "PERFT":
-        return "perft", f"PERFT-{config.variant}", _PERFT_VARIANTS[config.variant].format(**fields)
-    if peft_type == "LORACOE":
-        name, description = _LORACOE_CONSTRUCTIONS[config.construction]
-        return "loracoe", name, description.format(**fields)
+    if peft_type in CARD_DESCRIPTIONS:
+        return CARD_DESCRIPTIONS[peft_type](config)
     return peft_type.lower(), f"peft {peft_type}", None
 
 

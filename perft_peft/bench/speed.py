@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..accounting import parameter_accounting
-from ..losses import load_balancing_loss
+from ..perft.losses import load_balancing_loss
 from .measure import count_flops, interleaved_times, paired_ratio, peak_memory
 from .methods import Method, parse_method
 

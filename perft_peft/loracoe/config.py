@@ -7,8 +7,7 @@ from typing import Optional, Union
 
 from peft import PeftConfig, PeftType
 
-from ..checks import check_positive_number
-from ..perft.config import _check_int, check_layer_selection
+from ..checks import check_layer_selection, check_positive_int, check_positive_number
 
 COMPOSITION_SCALES = ("rank", "none")
 CONSTRUCTIONS = ("composition", "partition")
@@ -87,8 +86,8 @@ class LoraCoeConfig(PeftConfig):
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = PeftType.LORACOE
-        _check_int("r", self.r)
-        _check_int("num_experts", self.num_experts)
+        check_positive_int("r", self.r)
+        check_positive_int("num_experts", self.num_experts)
         check_positive_number("lora_alpha", self.lora_alpha)
         if self.composition_scale not in COMPOSITION_SCALES:
             raise ValueError(f"composition_scale must be one of {COMPOSITION_SCALES}, got {self.composition_scale!r}.")

@@ -9,9 +9,8 @@ from peft.tuners.tuners_utils import BaseTuner, _maybe_include_all_linear_layers
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
-from ..checks import check_layers_to_transform
+from ..checks import check_adapter_name, check_layers_to_transform
 from ..init import cast_adapter_dtype
-from ..perft.model import check_adapter_name
 from ..targets import matched_targets
 from .config import LoraCoeConfig
 from .layer import PHASES, LoraCoeLayer

@@ -7,8 +7,8 @@ from typing import Optional, Union
 
 from peft import PeftConfig, PeftType
 
+from ..checks import check_layer_selection, check_positive_int, check_positive_number
 from ..init import INIT_CHOICES, PERFT_INIT
-from ..checks import check_positive_number
 
 VARIANTS = ("R", "E", "D", "S")
 EXPERT_TYPES = ("lora", "adapter")
@@ -128,11 +128,11 @@ class PerftConfig(PeftConfig):
             self.num_experts = DEFAULT_NUM_EXPERTS
         if self.variant == "R" and self.top_k is None:
             self.top_k = min(DEFAULT_TOP_K, self.num_experts)
-        _check_int("r", self.r)
+        check_positive_int("r", self.r)
         if self.num_experts is not None:
-            _check_int("num_experts", self.num_experts)
+            check_positive_int("num_experts", self.num_experts)
         if self.top_k is not None:
-            _check_int("top_k", self.top_k)
+            check_positive_int("top_k", self.top_k)
             if self.top_k > self.num_experts:
                 raise ValueError(f"top_k={self.top_k} is larger than num_experts={self.num_experts}.")
         check_positive_number("lora_alpha", self.lora_alpha)
@@ -172,20 +172,3 @@ class PerftConfig(PeftConfig):
     @property
     def scaling(self) -> float:
         return self.lora_alpha / self.r
-
-
-def check_layer_selection(config) -> None:
-    """layers_to_transform / layers_pattern as peft's LoRA accepts them: they pick layers among the modules a
-    list of names matches (a regex target_modules must select layers itself)."""
-    if isinstance(config.target_modules, str):
-        for name in ("layers_to_transform", "layers_pattern"):
-            if getattr(config, name) is not None:
-                raise ValueError(f"{name} cannot be used when target_modules is a regex (a str); give a list of "
-                                 "module names, or put the layer indices in the regex.")
-    if config.layers_pattern and config.layers_to_transform is None:
-        raise ValueError("layers_pattern only makes sense together with layers_to_transform.")
-
-
-def _check_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import re
-
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from .. import moe
-from ..checks import check_layers_to_transform
+from ..checks import check_adapter_name, check_layers_to_transform
 from ..init import cast_adapter_dtype
 from ..targets import matched_targets
 from .config import PerftConfig
 from .layer import PerftLayer
-
-
-def check_adapter_name(adapter_name: str, prefix: str) -> None:
-    """Adapter names become keys of the layers' ParameterDicts and parts of state-dict keys."""
-    if not isinstance(adapter_name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", adapter_name):
-        raise ValueError(f"Invalid adapter name {adapter_name!r}: use letters, digits, '_' or '-' (no dots), "
-                         "not starting with a digit.")
-    reserved = set(dir(nn.ParameterDict())) | {"base_layer", "weight", "bias"}
-    if adapter_name in reserved or adapter_name.startswith(prefix):
-        raise ValueError(f"Adapter name {adapter_name!r} clashes with an attribute name of the adapter layers; "
-                         "choose another name.")
 
 
 class PerftModel(BaseTuner):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .perft.layer import PerftLayer, RouterRecord
+from .layer import PerftLayer, RouterRecord
 
 
 def router_records(model: nn.Module, routed_only: bool = False) -> list[RouterRecord]:
