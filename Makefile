@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 # torch==2.13.0 first: on these machines it is a local CPU build; an open range could pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: test demo install clean speed sweep
+.PHONY: test demo install clean quality style speed sweep
 
 install: $(STAMP)
 
@@ -16,8 +16,17 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-test: $(STAMP)
+test: quality
 	$(PY) -m pytest -q tests
+
+# One style for the whole tree (ruff.toml), as peft's `make quality` / `make style`.
+quality: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+style: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 demo: $(STAMP)
 	$(PY) -m perft_peft.demo

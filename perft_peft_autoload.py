@@ -77,6 +77,10 @@ def _register() -> None:
     except Exception as error:  # never break `import peft`
         import warnings
 
-        warnings.warn(f"perft-peft could not register PERFT and LoRACoE with peft ({type(error).__name__}: "
-                      f"{error}). peft works as before; loading a PERFT or LoRACoE adapter needs `import "
-                      f"perft_peft` first. Set {ENV_VAR}=1 to skip this step.", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"perft-peft could not register PERFT and LoRACoE with peft ({type(error).__name__}: "
+            f"{error}). peft works as before; loading a PERFT or LoRACoE adapter needs `import "
+            f"perft_peft` first. Set {ENV_VAR}=1 to skip this step.",
+            RuntimeWarning,
+            stacklevel=2,
+        )

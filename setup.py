@@ -51,7 +51,14 @@ setup(
     ],
     extras_require={
         # dev runs the whole suite, including the 2-process DeepSpeed ZeRO-3 recipe test and the trl mixin test
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "trl>=1.0", "deepspeed>=0.17,<1", "lm-eval==0.4.13"],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "trl>=1.0",
+            "deepspeed>=0.17,<1",
+            "lm-eval==0.4.13",
+            "ruff>=0.14,<0.15",  # `make quality` (part of `make test`) and `make style`
+        ],
         "deepspeed": ["deepspeed>=0.17,<1"],
         # PERFT Figure 6 as the paper draws it: UMAP after PCA (without it, the figure shows PC1 and PC2)
         "umap": ["umap-learn>=0.5,<0.6"],

@@ -25,8 +25,13 @@ p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.Argume
 p.add_argument("--output", default=str(Path(__file__).parent / "results" / "perft_init"))
 p.add_argument("--methods", nargs="+", default=["R:M=8,K=2,r=8", "S:r=8"])
 p.add_argument("--inits", nargs="+", default=["True", "perft"])
-p.add_argument("--learning_rates", nargs="+", type=float, default=[1e-5, sweep.FinetuneSettings.learning_rate],
-               help="the paper's OLMoE learning rate and the sweep's")
+p.add_argument(
+    "--learning_rates",
+    nargs="+",
+    type=float,
+    default=[1e-5, sweep.FinetuneSettings.learning_rate],
+    help="the paper's OLMoE learning rate and the sweep's",
+)
 p.add_argument("--max_steps", type=int, default=200)
 p.add_argument("--train_per_task", type=int, default=400)
 p.add_argument("--test_per_task", type=int, default=30)
@@ -48,8 +53,9 @@ def heldout_loss(model, tokenizer, records, cutoff_len):
         batch = collate([dataset[i] for i in range(start, min(start + 32, len(dataset)))])
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:]
-        losses = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten(), reduction="none",
-                                                   ignore_index=-100)
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), labels.flatten(), reduction="none", ignore_index=-100
+        )
         total, count = total + losses.sum().item(), count + (labels != -100).sum().item()
     return total / count
 
@@ -67,11 +73,18 @@ def main(args):
     train, tests = sweep.synthetic_tasks(base_settings, args.train_per_task, args.test_per_task, args.seed)
     test_records = [r for records in tests.values() for r in records]
     finetune = sweep.FinetuneSettings(max_steps=args.max_steps, seed=args.seed)
-    dataset = tokenize_dataset(Dataset.from_list(train), tokenizer, cutoff_len=finetune.cutoff_len,
-                               train_on_inputs=False)
+    dataset = tokenize_dataset(
+        Dataset.from_list(train), tokenizer, cutoff_len=finetune.cutoff_len, train_on_inputs=False
+    )
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    rows = [{"method": "base", "init": "-", "lr": None,
-             "heldout_loss": heldout_loss(base, tokenizer, test_records, finetune.cutoff_len)}]
+    rows = [
+        {
+            "method": "base",
+            "init": "-",
+            "lr": None,
+            "heldout_loss": heldout_loss(base, tokenizer, test_records, finetune.cutoff_len),
+        }
+    ]
     for spec in args.methods:
         method = sweep.expand([spec], [8])[0]
         for lr in args.learning_rates:
@@ -82,27 +95,47 @@ def main(args):
                 model = get_peft_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), config)
                 settings = dataclasses.replace(finetune, learning_rate=lr)
                 loss = sweep.finetune(model, method, dataset, tokenizer, settings, progress=False)
-                scores = sweep.score(model, tokenizer, tests, greedy=True, batch_size=64,
-                                     max_new_tokens={"commonsense": 12, "arithmetic": 32}, progress=False)
-                row = {"method": method.label, "init": init, "lr": lr, "train_loss": loss,
-                       "heldout_loss": heldout_loss(model, tokenizer, test_records, finetune.cutoff_len),
-                       "accuracy": sum(scores.values()) / len(scores)}
+                scores = sweep.score(
+                    model,
+                    tokenizer,
+                    tests,
+                    greedy=True,
+                    batch_size=64,
+                    max_new_tokens={"commonsense": 12, "arithmetic": 32},
+                    progress=False,
+                )
+                row = {
+                    "method": method.label,
+                    "init": init,
+                    "lr": lr,
+                    "train_loss": loss,
+                    "heldout_loss": heldout_loss(model, tokenizer, test_records, finetune.cutoff_len),
+                    "accuracy": sum(scores.values()) / len(scores),
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     output = Path(args.output)
     output.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-    lines = ["# PERFT initialisation at the paper's and the sweep's learning rate", "",
-             *machine_lines(torch.device("cpu")),
-             f"- Base: the paper sweep's synthetic MoE (cache key {base_settings.key()}); {args.max_steps} steps, "
-             f"batch {finetune.batch_size}, cosine schedule, {args.test_per_task} test items per task", "",
-             "| Method | init_weights | lr | held-out loss | last train loss | accuracy (%) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# PERFT initialisation at the paper's and the sweep's learning rate",
+        "",
+        *machine_lines(torch.device("cpu")),
+        f"- Base: the paper sweep's synthetic MoE (cache key {base_settings.key()}); {args.max_steps} steps, "
+        f"batch {finetune.batch_size}, cosine schedule, {args.test_per_task} test items per task",
+        "",
+        "| Method | init_weights | lr | held-out loss | last train loss | accuracy (%) |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in rows:
         lr = "-" if row["lr"] is None else f"{row['lr']:g}"
         train_loss = row.get("train_loss")
-        lines.append(f"| {row['method']} | {row['init']} | {lr} | {row['heldout_loss']:.4f} | "
-                     f"{'-' if train_loss is None or math.isnan(train_loss) else f'{train_loss:.4f}'} | "
-                     f"{row['accuracy']:.1f} |" if "accuracy" in row else
-                     f"| {row['method']} | - | - | {row['heldout_loss']:.4f} | - | - |")
+        lines.append(
+            f"| {row['method']} | {row['init']} | {lr} | {row['heldout_loss']:.4f} | "
+            f"{'-' if train_loss is None or math.isnan(train_loss) else f'{train_loss:.4f}'} | "
+            f"{row['accuracy']:.1f} |"
+            if "accuracy" in row
+            else f"| {row['method']} | - | - | {row['heldout_loss']:.4f} | - | - |"
+        )
     output.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

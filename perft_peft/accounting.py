@@ -32,9 +32,11 @@ class ParameterAccounting:
         return 100.0 * self.activated_trainable / self.base_activated
 
     def __str__(self) -> str:
-        return (f"trainable params: {self.trainable:,} || activated trainable per token (# Act.): "
-                f"{self.activated_trainable:,} || base activated params: {self.base_activated:,} || "
-                f"% Act.: {self.pct_activated:.4f}")
+        return (
+            f"trainable params: {self.trainable:,} || activated trainable per token (# Act.): "
+            f"{self.activated_trainable:,} || base activated params: {self.base_activated:,} || "
+            f"% Act.: {self.pct_activated:.4f}"
+        )
 
 
 def _numel(parameter) -> int:
@@ -74,8 +76,10 @@ def parameter_accounting(model: nn.Module) -> ParameterAccounting:
             trainable += experts + (_numel(router) if router is not None else 0)
             share = {"R": setting.top_k, "E": model_top_k}.get(setting.variant, setting.num_experts)
             if share is None:
-                raise ValueError("Cannot count PERFT-E's activated parameters: the model config does not say how "
-                                 "many experts each token uses (num_experts_per_tok).")
+                raise ValueError(
+                    "Cannot count PERFT-E's activated parameters: the model config does not say how "
+                    "many experts each token uses (num_experts_per_tok)."
+                )
             activated += experts * share // setting.num_experts + (_numel(router) if router is not None else 0)
     base_total, skipped, seen = 0, 0.0, set(adapter_ids)  # `seen` also counts tied weights once
     for name, module in model.named_modules():

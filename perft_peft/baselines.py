@@ -24,5 +24,10 @@ def lora_config(method: str, r: int, lora_alpha: float | None = None, lora_dropo
         raise ValueError(f"Unknown baseline {method!r}; choose one of {', '.join(TARGETS)}.")
     targets = TARGETS[method]
     dropout = 0.0 if "target_parameters" in targets else lora_dropout
-    return LoraConfig(r=r, lora_alpha=2 * r if lora_alpha is None else lora_alpha, lora_dropout=dropout,
-                      task_type="CAUSAL_LM", **targets)
+    return LoraConfig(
+        r=r,
+        lora_alpha=2 * r if lora_alpha is None else lora_alpha,
+        lora_dropout=dropout,
+        task_type="CAUSAL_LM",
+        **targets,
+    )

@@ -27,8 +27,10 @@ def check_layer_selection(config) -> None:
     if isinstance(config.target_modules, str):
         for name in ("layers_to_transform", "layers_pattern"):
             if getattr(config, name) is not None:
-                raise ValueError(f"{name} cannot be used when target_modules is a regex (a str); give a list of "
-                                 "module names, or put the layer indices in the regex.")
+                raise ValueError(
+                    f"{name} cannot be used when target_modules is a regex (a str); give a list of "
+                    "module names, or put the layer indices in the regex."
+                )
     if config.layers_pattern and config.layers_to_transform is None:
         raise ValueError("layers_pattern only makes sense together with layers_to_transform.")
 
@@ -36,12 +38,15 @@ def check_layer_selection(config) -> None:
 def check_adapter_name(adapter_name: str, prefix: str) -> None:
     """Adapter names become keys of the layers' ParameterDicts and parts of state-dict keys."""
     if not isinstance(adapter_name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", adapter_name):
-        raise ValueError(f"Invalid adapter name {adapter_name!r}: use letters, digits, '_' or '-' (no dots), "
-                         "not starting with a digit.")
+        raise ValueError(
+            f"Invalid adapter name {adapter_name!r}: use letters, digits, '_' or '-' (no dots), "
+            "not starting with a digit."
+        )
     reserved = set(dir(nn.ParameterDict())) | {"base_layer", "weight", "bias"}
     if adapter_name in reserved or adapter_name.startswith(prefix):
-        raise ValueError(f"Adapter name {adapter_name!r} clashes with an attribute name of the adapter layers; "
-                         "choose another name.")
+        raise ValueError(
+            f"Adapter name {adapter_name!r} clashes with an attribute name of the adapter layers; choose another name."
+        )
 
 
 def check_layers_to_transform(model: nn.Module, layers) -> None:
@@ -54,5 +59,7 @@ def check_layers_to_transform(model: nn.Module, layers) -> None:
     wanted = [layers] if isinstance(layers, int) else list(layers)
     beyond = [i for i in wanted if not isinstance(i, int) or i < 0 or (isinstance(count, int) and i >= count)]
     if beyond:
-        raise ValueError(f"layers_to_transform={layers!r}: {type(model).__name__} has {count} layers (indices 0 to "
-                         f"{count - 1 if isinstance(count, int) else '?'}), so {beyond} name no layer.")
+        raise ValueError(
+            f"layers_to_transform={layers!r}: {type(model).__name__} has {count} layers (indices 0 to "
+            f"{count - 1 if isinstance(count, int) else '?'}), so {beyond} name no layer."
+        )

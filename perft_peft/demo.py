@@ -35,7 +35,8 @@ from transformers import AutoModelForCausalLM
 
 # Importing perft_peft registers PERFT with peft: needed before get_peft_model and PeftModel.from_pretrained.
 from perft_peft import PerftConfig, load_balancing_loss, parameter_accounting
-from perft_peft.testing import TINY_FAMILIES, tiny_config, pretrain as pretrain_tiny
+from perft_peft.testing import TINY_FAMILIES, tiny_config
+from perft_peft.testing import pretrain as pretrain_tiny
 
 # -- 1. the synthetic world ----------------------------------------------------------------------------------------
 
@@ -106,14 +107,16 @@ def task_tensors(pairs, form=held_out_task) -> dict[str, torch.Tensor]:
     """input_ids, attention_mask and labels (-100 except on the answer tokens) of the questions `form(*pair)`."""
     rows = [form(*pair) for pair in pairs]
     length = max(len(prompt) + len(answer) for prompt, answer in rows)
-    data = {"input_ids": torch.full((len(rows), length), PAD),
-            "attention_mask": torch.zeros((len(rows), length), dtype=torch.long),
-            "labels": torch.full((len(rows), length), -100)}
+    data = {
+        "input_ids": torch.full((len(rows), length), PAD),
+        "attention_mask": torch.zeros((len(rows), length), dtype=torch.long),
+        "labels": torch.full((len(rows), length), -100),
+    }
     for i, (prompt, answer) in enumerate(rows):
         n = len(prompt) + len(answer)
         data["input_ids"][i, :n] = torch.tensor(prompt + answer)
         data["attention_mask"][i, :n] = 1
-        data["labels"][i, len(prompt):n] = torch.tensor(answer)
+        data["labels"][i, len(prompt) : n] = torch.tensor(answer)
     return data
 
 
@@ -124,8 +127,14 @@ MODEL_SIZE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3)  #
 
 def build_model(family: str, seed: int):
     """A randomly initialised tiny MoE causal LM of `family`, a little larger than the unit-test models."""
-    overrides = dict(MODEL_SIZE, vocab_size=len(VOCAB), max_position_embeddings=64,
-                     bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+    overrides = dict(
+        MODEL_SIZE,
+        vocab_size=len(VOCAB),
+        max_position_embeddings=64,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
     family_defaults = TINY_FAMILIES[family]
     if "moe_intermediate_size" in family_defaults:
         overrides["moe_intermediate_size"] = MODEL_SIZE["intermediate_size"] // 2
@@ -140,7 +149,8 @@ def warmup_cosine(optimizer, steps: int, warmup_fraction: float = 0.1):
     """Learning rate: linear warm-up over the first 10% of the steps, then cosine decay to zero."""
     warmup = max(1, int(steps * warmup_fraction))
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))))
+        optimizer, lambda step: min((step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * step / max(1, steps))))
+    )
 
 
 def pretrain(model, steps: int, seed: int, lr: float = 3e-3, batch_size: int = 32, block_size: int = 32):
@@ -154,8 +164,16 @@ def pretrain(model, steps: int, seed: int, lr: float = 3e-3, batch_size: int = 3
 
 # -- 3. fine-tuning and evaluation ---------------------------------------------------------------------------------
 
-def finetune(model, data: dict[str, torch.Tensor], steps: int, seed: int, lr: float, batch_size: int = 64,
-             balance_coef: float = 0.01):
+
+def finetune(
+    model,
+    data: dict[str, torch.Tensor],
+    steps: int,
+    seed: int,
+    lr: float,
+    batch_size: int = 64,
+    balance_coef: float = 0.01,
+):
     """Train what peft left trainable (the adapter): answer loss + balance_coef * PERFT router balancing loss."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
@@ -192,23 +210,37 @@ def evaluate(model, data: dict[str, torch.Tensor]) -> dict[str, float]:
 def answers(model, pairs, form=held_out_task) -> list[str]:
     """What the model answers by greedy generation (all prompts have the same length: no padding)."""
     prompts = torch.tensor([form(*pair)[0] for pair in pairs])
-    out = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=2,
-                         do_sample=False, pad_token_id=PAD, eos_token_id=EOS)
-    return [decode(t for t in row[prompts.shape[1]:].tolist() if t not in (EOS, PAD)) for row in out]
+    out = model.generate(
+        input_ids=prompts,
+        attention_mask=torch.ones_like(prompts),
+        max_new_tokens=2,
+        do_sample=False,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+    )
+    return [decode(t for t in row[prompts.shape[1] :].tolist() if t not in (EOS, PAD)) for row in out]
 
 
 # -- 4. putting it together ----------------------------------------------------------------------------------------
 
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m perft_peft.demo", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m perft_peft.demo",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--output_dir", default="demo_output", help="where the base model and the adapter go")
     parser.add_argument("--steps", type=int, default=300, help="fine-tuning steps of the PERFT-R adapter")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak fine-tuning learning rate")
     parser.add_argument("--pretrain_steps", type=int, default=1000, help="pre-training steps of the base model")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the initialisations and the batches")
-    parser.add_argument("--family", default="mixtral", choices=sorted(TINY_FAMILIES),
-                        help="transformers MoE family of the tiny base model")
+    parser.add_argument(
+        "--family",
+        default="mixtral",
+        choices=sorted(TINY_FAMILIES),
+        help="transformers MoE family of the tiny base model",
+    )
     return parser.parse_args(argv)
 
 
@@ -219,29 +251,38 @@ def run(args) -> dict:
 
     base = build_model(args.family, args.seed)
     layers = MODEL_SIZE["num_hidden_layers"]
-    print(f"1. Base model: a tiny {type(base).__name__} ({layers} MoE layers, hidden size {MODEL_SIZE['hidden_size']}, "
-          f"8 experts, top-2), {len(VOCAB)}-word vocabulary, {sum(p.numel() for p in base.parameters()):,} parameters")
+    print(
+        f"1. Base model: a tiny {type(base).__name__} ({layers} MoE layers, hidden size {MODEL_SIZE['hidden_size']}, "
+        f"8 experts, top-2), {len(VOCAB)}-word vocabulary, {sum(p.numel() for p in base.parameters()):,} parameters"
+    )
     print(f"2. Pre-training all its weights on counting, successors and addition ({args.pretrain_steps} steps)")
     base = pretrain(base, args.pretrain_steps, args.seed)
     base.save_pretrained(base_dir)
     train_pairs, test_pairs = split_pairs(args.seed)
     knows_addition = evaluate(base, task_tensors(test_pairs, addition))["accuracy"]
     knows_successor = evaluate(base, task_tensors([(n,) for n in range(MAX_NUMBER)], successor))["accuracy"]
-    print(f"   It answers 'Q: what is a plus b ? A:' right for {knows_addition:.1%} of the test pairs (a, b) below, "
-          f"'Q: what is after n ? A:' for {knows_successor:.1%} of the n.")
+    print(
+        f"   It answers 'Q: what is a plus b ? A:' right for {knows_addition:.1%} of the test pairs (a, b) below, "
+        f"'Q: what is after n ? A:' for {knows_successor:.1%} of the n."
+    )
 
     train, test = task_tensors(train_pairs), task_tensors(test_pairs)
     prompt, answer = held_out_task(*test_pairs[0])
-    print(f"3. Held-out task, e.g. '{decode(prompt[1:])} {decode(answer[:-1])}': {len(train_pairs)} pairs (a, b) to "
-          f"fine-tune on, {len(test_pairs)} others to test on")
+    print(
+        f"3. Held-out task, e.g. '{decode(prompt[1:])} {decode(answer[:-1])}': {len(train_pairs)} pairs (a, b) to "
+        f"fine-tune on, {len(test_pairs)} others to test on"
+    )
     base_result = evaluate(base, test)
     torch.manual_seed(args.seed)
     # peft LoRA's initialisation (B = 0): the fresh adapter computes exactly the base model, as shown below.
-    model = get_peft_model(base, PerftConfig(variant="R", num_experts=4, top_k=2, r=8, lora_alpha=16,
-                                             init_weights=True))
+    model = get_peft_model(
+        base, PerftConfig(variant="R", num_experts=4, top_k=2, r=8, lora_alpha=16, init_weights=True)
+    )
     accounting = parameter_accounting(model)
-    print(f"   PERFT-R adapter: 4 PEFT experts (rank 8) with their own top-2 router beside each of the {layers} MoE "
-          f"blocks, base model frozen\n   {accounting}")
+    print(
+        f"   PERFT-R adapter: 4 PEFT experts (rank 8) with their own top-2 router beside each of the {layers} MoE "
+        f"blocks, base model frozen\n   {accounting}"
+    )
     shown = test_pairs[:4]
     before, before_answers = evaluate(model, test), answers(model, shown)
     print(f"   Fine-tuning it ({args.steps} steps, peak lr {args.lr}, plus 0.01 x the router load-balancing loss)")
@@ -253,23 +294,37 @@ def run(args) -> dict:
 
     print(f"4. Test split: {len(test_pairs)} questions, none seen in fine-tuning")
     print(f"   {'':<38}{'loss':>7}{'accuracy':>10}")
-    for name, result in [("before fine-tuning (= the base model)", before), ("after fine-tuning PERFT-R", after),
-                         ("the saved adapter, reloaded", reloaded)]:
+    for name, result in [
+        ("before fine-tuning (= the base model)", before),
+        ("after fine-tuning PERFT-R", after),
+        ("the saved adapter, reloaded", reloaded),
+    ]:
         print(f"   {name:<38}{result['loss']:>7.3f}{result['accuracy']:>10.1%}")
     print(f"\n   {'question':<38}{'answer':<8}{'before':<8}after")
     for (a, b), old, new in zip(shown, before_answers, after_answers):
         print(f"   {decode(held_out_task(a, b)[0][1:]):<38}{a + b + 1:<8}{old:<8}{new}")
     print(f"\n   Before fine-tuning, PERFT (B = 0) computes exactly the base model: {before == base_result}")
     print(f"   The reloaded adapter evaluates exactly like the one in memory: {reloaded == after}")
-    print(f"Files: base model in {base_dir}/ ({', '.join(sorted(p.name for p in base_dir.iterdir()))}), adapter in "
-          f"{adapter_dir}/ ({', '.join(sorted(p.name for p in adapter_dir.iterdir()))}). "
-          f"Took {time.time() - start:.0f} s.")
+    print(
+        f"Files: base model in {base_dir}/ ({', '.join(sorted(p.name for p in base_dir.iterdir()))}), adapter in "
+        f"{adapter_dir}/ ({', '.join(sorted(p.name for p in adapter_dir.iterdir()))}). "
+        f"Took {time.time() - start:.0f} s."
+    )
     if reloaded != after:
         raise RuntimeError(f"The reloaded adapter evaluates differently: {reloaded} != {after}")
-    return {"before": before, "after": after, "reloaded": reloaded, "base": base_result,
-            "base_knows_addition": knows_addition, "base_knows_successor": knows_successor,
-            "trainable": accounting.trainable, "activated_trainable": accounting.activated_trainable,
-            "pct_activated": accounting.pct_activated, "base_dir": str(base_dir), "adapter_dir": str(adapter_dir)}
+    return {
+        "before": before,
+        "after": after,
+        "reloaded": reloaded,
+        "base": base_result,
+        "base_knows_addition": knows_addition,
+        "base_knows_successor": knows_successor,
+        "trainable": accounting.trainable,
+        "activated_trainable": accounting.activated_trainable,
+        "pct_activated": accounting.pct_activated,
+        "base_dir": str(base_dir),
+        "adapter_dir": str(adapter_dir),
+    }
 
 
 def main(argv=None) -> dict:

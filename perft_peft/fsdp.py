@@ -27,4 +27,5 @@ def check_fsdp_launch(training_args) -> None:
         f"(accelerate: distributed_type={state.distributed_type.value}), where accelerate does not shard: it would "
         "silently train without FSDP (DDP on CPU, every rank holding the whole model). Stopped before loading "
         "the model. Launch on several GPUs (recipes/configs/accelerate_fsdp2.yaml), or use a config without FSDP "
-        "(recipes/configs/accelerate_zero3_cpu.yaml for a multi-process CPU run).")
+        "(recipes/configs/accelerate_zero3_cpu.yaml for a multi-process CPU run)."
+    )

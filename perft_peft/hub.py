@@ -64,8 +64,14 @@ def load_accounting(output_dir: str | os.PathLike) -> ParameterAccounting | None
     return ParameterAccounting(**{f.name: record[f.name] for f in dataclasses.fields(ParameterAccounting)})
 
 
-def model_card(source, *, repo_id: str | None = None, accounting: ParameterAccounting | None = None,
-               eval_results: str | None = None, eval_report=None) -> ModelCard:
+def model_card(
+    source,
+    *,
+    repo_id: str | None = None,
+    accounting: ParameterAccounting | None = None,
+    eval_results: str | None = None,
+    eval_report=None,
+) -> ModelCard:
     """Our card for an adapter: ``source`` is a folder written by ``save_pretrained`` / ``Trainer.save_model``
     (accounting and evaluation read from its ``accounting.json`` / ``eval_results.md`` / ``eval_results.json``
     unless given) or a ``PeftModel`` (accounting computed from its trainable parameters). ``base_model`` is the
@@ -78,8 +84,10 @@ def model_card(source, *, repo_id: str | None = None, accounting: ParameterAccou
     if isinstance(source, (str, os.PathLike)):
         folder = Path(source)
         if not (folder / ADAPTER_FILES[0]).is_file():
-            raise FileNotFoundError(f"{folder} has no {ADAPTER_FILES[0]}: give the folder save_pretrained or "
-                                    "Trainer.save_model wrote the adapter to.")
+            raise FileNotFoundError(
+                f"{folder} has no {ADAPTER_FILES[0]}: give the folder save_pretrained or "
+                "Trainer.save_model wrote the adapter to."
+            )
         config = PeftConfig.from_pretrained(str(folder))
         accounting = accounting or load_accounting(folder)
         eval_results, eval_report = _folder_evaluation(folder, eval_results, eval_report)
@@ -94,14 +102,19 @@ def model_card(source, *, repo_id: str | None = None, accounting: ParameterAccou
     peft_type = _value(config.peft_type)
     tag, name, description = _method(config, peft_type)
     title = repo_id.split("/")[-1] if repo_id else f"{name} adapter"
-    data = ModelCardData(library_name="peft", base_model=base_model, tags=[tag, "peft", "moe"],
-                         pipeline_tag="text-generation" if _value(config.task_type) == "CAUSAL_LM" else None,
-                         model_name=title if eval_report is not None else None,
-                         eval_results=_model_index(eval_report))
+    data = ModelCardData(
+        library_name="peft",
+        base_model=base_model,
+        tags=[tag, "peft", "moe"],
+        pipeline_tag="text-generation" if _value(config.task_type) == "CAUSAL_LM" else None,
+        model_name=title if eval_report is not None else None,
+        eval_results=_model_index(eval_report),
+    )
     versions = f"perft-peft {__version__}" + (f" and peft {config.peft_version}" if config.peft_version else "")
     sections = [
         f"# {title}",
-        f"A **{name}** adapter" + (f" for `{base_model}`" if base_model else "")
+        f"A **{name}** adapter"
+        + (f" for `{base_model}`" if base_model else "")
         + (f": {description}" if description else "")
         + f". Made with {versions}.",
         "## Method and configuration\n\n" + _config_table(config),
@@ -123,7 +136,7 @@ def updated_card(existing: ModelCard | None, ours: ModelCard, *, keep_foreign: b
     text, block = existing.text, ours.text.strip()
     begin, end = text.find(CARD_BEGIN), text.find(CARD_END)
     if 0 <= begin < end:
-        body = text[:begin] + block + text[end + len(CARD_END):]
+        body = text[:begin] + block + text[end + len(CARD_END) :]
     elif keep_foreign and text.strip():
         body = block + "\n\n" + text.strip() + "\n"
     else:
@@ -135,15 +148,17 @@ def updated_card(existing: ModelCard | None, ours: ModelCard, *, keep_foreign: b
     return ModelCard(f"---\n{yaml}\n---\n\n{body.lstrip()}")
 
 
-def write_model_card(model, output_dir: str | os.PathLike, *, repo_id: str | None = None,
-                     keep_foreign: bool = True) -> ModelCard:
+def write_model_card(
+    model, output_dir: str | os.PathLike, *, repo_id: str | None = None, keep_foreign: bool = True
+) -> ModelCard:
     """Write our card for ``model``'s active adapter to ``output_dir/README.md``, updating the card there
     (``updated_card``). The accounting and evaluation come from the folder's files when it has them (the
     recipes write ``accounting.json``; ``recipes/evaluate.py`` the ``eval_results`` files), else from the model."""
     folder = Path(output_dir)
     eval_results, eval_report = _folder_evaluation(folder, None, None)
-    ours = model_card(model, repo_id=repo_id, accounting=load_accounting(folder), eval_results=eval_results,
-                      eval_report=eval_report)
+    ours = model_card(
+        model, repo_id=repo_id, accounting=load_accounting(folder), eval_results=eval_results, eval_report=eval_report
+    )
     path = folder / "README.md"
     card = updated_card(ModelCard.load(path) if path.is_file() else None, ours, keep_foreign=keep_foreign)
     _write_atomic(path, str(card))
@@ -184,9 +199,15 @@ def install_card_hooks() -> None:
     PeftModel._upload_modified_files = _upload_modified_files
 
 
-def push_adapter(output_dir: str | os.PathLike, repo_id: str, *, revision: str | None = None,
-                 private: bool | None = None, commit_message: str = DEFAULT_COMMIT_MESSAGE,
-                 token: str | None = None):
+def push_adapter(
+    output_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    private: bool | None = None,
+    commit_message: str = DEFAULT_COMMIT_MESSAGE,
+    token: str | None = None,
+):
     """Upload the adapter saved in ``output_dir`` (adapter_config.json, adapter_model.safetensors) with our card
     as README.md, in one commit to ``repo_id`` (created if missing, ``private`` then applies; ``revision``: a
     branch, created from main if missing; ``token``: default the saved login or ``HF_TOKEN``).
@@ -200,8 +221,10 @@ def push_adapter(output_dir: str | os.PathLike, repo_id: str, *, revision: str |
     folder = Path(output_dir)
     missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"{folder} has no {' or '.join(missing)}: push_adapter uploads a folder written by "
-                                "save_pretrained or Trainer.save_model.")
+        raise FileNotFoundError(
+            f"{folder} has no {' or '.join(missing)}: push_adapter uploads a folder written by "
+            "save_pretrained or Trainer.save_model."
+        )
     readme = folder / "README.md"
     existing = ModelCard.load(readme) if readme.is_file() else None
     card = str(updated_card(existing, model_card(folder, repo_id=repo_id), keep_foreign=False))
@@ -227,9 +250,17 @@ def push_adapter(output_dir: str | os.PathLike, repo_id: str, *, revision: str |
     return commit
 
 
-def push_to_hub(model, repo_id: str, *, revision: str | None = None, private: bool | None = None,
-                commit_message: str = DEFAULT_COMMIT_MESSAGE, eval_results: str | None = None, eval_report=None,
-                token: str | None = None):
+def push_to_hub(
+    model,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    private: bool | None = None,
+    commit_message: str = DEFAULT_COMMIT_MESSAGE,
+    eval_results: str | None = None,
+    eval_report=None,
+    token: str | None = None,
+):
     """Push the active adapter of a ``PeftModel`` with our card, in one commit, with ``push_adapter``'s errors
     (``model.push_to_hub(repo_id)`` gives the same card once ``perft_peft`` is imported). The accounting comes
     from the model's trainable parameters, so push the model you trained (or one loaded with
@@ -246,8 +277,9 @@ def push_to_hub(model, repo_id: str, *, revision: str | None = None, private: bo
             if isinstance(eval_report, (str, os.PathLike)):
                 eval_report = _read_report(Path(eval_report))
             eval_report.to_json(folder / EVAL_REPORT_FILE)
-        return push_adapter(folder, repo_id, revision=revision, private=private, commit_message=commit_message,
-                            token=token)
+        return push_adapter(
+            folder, repo_id, revision=revision, private=private, commit_message=commit_message, token=token
+        )
 
 
 def is_our_adapter(model) -> bool:
@@ -277,10 +309,18 @@ def _model_index(report) -> list[EvalResult] | None:
         return None
     from .evaluation.benchmarks import BENCHMARKS
 
-    return [EvalResult(task_type="text-generation", dataset_type=name, dataset_name=BENCHMARKS[name].label,
-                       dataset_split="test", metric_type="accuracy", metric_name="accuracy (%)",
-                       metric_value=round(result.accuracy, 2))
-            for name, result in report.results.items()]
+    return [
+        EvalResult(
+            task_type="text-generation",
+            dataset_type=name,
+            dataset_name=BENCHMARKS[name].label,
+            dataset_split="test",
+            metric_type="accuracy",
+            metric_name="accuracy (%)",
+            metric_value=round(result.accuracy, 2),
+        )
+        for name, result in report.results.items()
+    ]
 
 
 def _method(config, peft_type: str) -> tuple[str, str, str | None]:
@@ -311,25 +351,34 @@ def _value(x):
 
 def _accounting_text(accounting: ParameterAccounting | None) -> str:
     if accounting is None or accounting.trainable == 0:
-        return ("Not recorded: the recipes write `accounting.json` at save time; `perft_peft.hub.push_to_hub(model, "
-                "...)` computes it from the trained model.")
-    return ("| trainable params | # Act. (activated trainable per token) | base activated params | % Act. |\n"
-            "|---|---|---|---|\n"
-            f"| {accounting.trainable:,} | {accounting.activated_trainable:,} | {accounting.base_activated:,} | "
-            f"{accounting.pct_activated:.4f} |\n\n"
-            "As in the PERFT paper: # Act. counts the adapter parameters a token uses, % Act. their ratio to the "
-            "base model's activated parameters (all but the routed experts a token skips).")
+        return (
+            "Not recorded: the recipes write `accounting.json` at save time; `perft_peft.hub.push_to_hub(model, "
+            "...)` computes it from the trained model."
+        )
+    return (
+        "| trainable params | # Act. (activated trainable per token) | base activated params | % Act. |\n"
+        "|---|---|---|---|\n"
+        f"| {accounting.trainable:,} | {accounting.activated_trainable:,} | {accounting.base_activated:,} | "
+        f"{accounting.pct_activated:.4f} |\n\n"
+        "As in the PERFT paper: # Act. counts the adapter parameters a token uses, % Act. their ratio to the "
+        "base model's activated parameters (all but the routed experts a token skips)."
+    )
 
 
 def _usage(base_model: str, repo_id: str, peft_type: str) -> str:
-    key_error = (f"  # pip install perft-peft: registers {peft_type} with peft (else KeyError: '{peft_type}')"
-                 if peft_type in PEFT_TYPES else "")
-    return (f"```python\nimport perft_peft{key_error}\n"
-            "from peft import AutoPeftModelForCausalLM, PeftModel\n"
-            "from transformers import AutoModelForCausalLM\n\n"
-            f'base = AutoModelForCausalLM.from_pretrained("{base_model}")\n'
-            f'model = PeftModel.from_pretrained(base, "{repo_id}")  # revision="<commit sha>" pins a version\n'
-            f'# or: AutoPeftModelForCausalLM.from_pretrained("{repo_id}"), or base.load_adapter("{repo_id}")\n```')
+    key_error = (
+        f"  # pip install perft-peft: registers {peft_type} with peft (else KeyError: '{peft_type}')"
+        if peft_type in PEFT_TYPES
+        else ""
+    )
+    return (
+        f"```python\nimport perft_peft{key_error}\n"
+        "from peft import AutoPeftModelForCausalLM, PeftModel\n"
+        "from transformers import AutoModelForCausalLM\n\n"
+        f'base = AutoModelForCausalLM.from_pretrained("{base_model}")\n'
+        f'model = PeftModel.from_pretrained(base, "{repo_id}")  # revision="<commit sha>" pins a version\n'
+        f'# or: AutoPeftModelForCausalLM.from_pretrained("{repo_id}"), or base.load_adapter("{repo_id}")\n```'
+    )
 
 
 def _http_failure(exc: BaseException, repo_id: str) -> str | None:
@@ -342,8 +391,10 @@ def _http_failure(exc: BaseException, repo_id: str) -> str | None:
         status = exc.response.status_code
         detail = exc.server_message or str(exc).strip().splitlines()[0]
         if status in (401, 403):
-            return (f"the Hub refused the token ({status}: {detail}); set HF_TOKEN or run `hf auth login` with a "
-                    f"token that may write to {repo_id.split('/')[0]}")
+            return (
+                f"the Hub refused the token ({status}: {detail}); set HF_TOKEN or run `hf auth login` with a "
+                f"token that may write to {repo_id.split('/')[0]}"
+            )
         return f"the Hub answered {status}: {detail}"
     return f"the connection to the Hub failed or was lost ({type(exc).__name__}: {str(exc).rstrip('.')})"
 

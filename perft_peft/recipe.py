@@ -26,16 +26,22 @@ PROBE_TEXT = "Below is an instruction that describes a task. ### Response:"
 def parser(description: str, default_config: str | os.PathLike) -> argparse.ArgumentParser:
     """The flags every recipe has; defaults come from a YAML file (``--config``, the recipe's own by default)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", default=str(default_config),
-                   help="YAML file with this recipe's defaults (the papers' settings); flags override it")
+    p.add_argument(
+        "--config",
+        default=str(default_config),
+        help="YAML file with this recipe's defaults (the papers' settings); flags override it",
+    )
     p.add_argument("--model", help="base model: a Hub id or a local directory")
     p.add_argument("--family", help="transformers model type of the tiny model --tiny builds (e.g. mixtral, olmoe)")
     p.add_argument("--data", help="LLM-Adapters JSON(L) file, directory or Hub dataset id")
     p.add_argument("--tiny_data", help="bundled fixture --tiny trains on (see perft_peft.data.available_fixtures)")
     p.add_argument("--output_dir", required=True, help="where checkpoints and the final adapter are written")
-    p.add_argument("--tiny", action="store_true",
-                   help="offline smoke run: a tiny model of --family and the bundled fixtures, fp32; the tiny base "
-                        "is saved to <output_dir>/tiny_base and recorded as the adapter's base model")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="offline smoke run: a tiny model of --family and the bundled fixtures, fp32; the tiny base "
+        "is saved to <output_dir>/tiny_base and recorded as the adapter's base model",
+    )
     p.add_argument("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (-1: epochs)")
     p.add_argument("--num_train_epochs", type=float)
     p.add_argument("--learning_rate", type=float)
@@ -49,26 +55,43 @@ def parser(description: str, default_config: str | os.PathLike) -> argparse.Argu
     p.add_argument("--gradient_checkpointing", type=_bool)
     p.add_argument("--logging_steps", type=int)
     p.add_argument("--save_steps", type=int)
-    p.add_argument("--val_set_size", type=int,
-                   help="hold out this many training examples (shuffled, --seed) and evaluate the loss on them "
-                        "every --eval_steps (PERFT's finetune.py: 120 every 80 steps); 0: no validation")
-    p.add_argument("--tiny_val_set_size", type=int,
-                   help="with --tiny, at most this many validation examples (the fixtures are small)")
+    p.add_argument(
+        "--val_set_size",
+        type=int,
+        help="hold out this many training examples (shuffled, --seed) and evaluate the loss on them "
+        "every --eval_steps (PERFT's finetune.py: 120 every 80 steps); 0: no validation",
+    )
+    p.add_argument(
+        "--tiny_val_set_size",
+        type=int,
+        help="with --tiny, at most this many validation examples (the fixtures are small)",
+    )
     p.add_argument("--eval_steps", type=int, help="evaluate on the validation split every this many steps")
-    p.add_argument("--load_best_model_at_end", type=_bool,
-                   help="with --val_set_size: end with the checkpoint of lowest validation loss (true/false)")
+    p.add_argument(
+        "--load_best_model_at_end",
+        type=_bool,
+        help="with --val_set_size: end with the checkpoint of lowest validation loss (true/false)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--report_to", help="none, tensorboard, wandb, ...")
-    p.add_argument("--resume_from_checkpoint",
-                   help="a checkpoint directory, or 'true' for the latest intact one; refused if another run (other "
-                        "settings) wrote it, and a no-op if --output_dir already holds this run's final adapter")
-    p.add_argument("--resume_from_other_run", action="store_true",
-                   help="resume even from a checkpoint whose run fingerprint differs from this run's")
+    p.add_argument(
+        "--resume_from_checkpoint",
+        help="a checkpoint directory, or 'true' for the latest intact one; refused if another run (other "
+        "settings) wrote it, and a no-op if --output_dir already holds this run's final adapter",
+    )
+    p.add_argument(
+        "--resume_from_other_run",
+        action="store_true",
+        help="resume even from a checkpoint whose run fingerprint differs from this run's",
+    )
     p.add_argument("--push_to_hub", action="store_true", help="upload the final adapter to --hub_model_id")
     p.add_argument("--hub_model_id", help="<user>/<repo> for --push_to_hub")
-    p.add_argument("--probe_logits", action="store_true",
-                   help="after training, save the trained (possibly sharded) model's logits on a fixed prompt to "
-                        "<output_dir>/probe_logits.safetensors, to check the saved adapter against")
+    p.add_argument(
+        "--probe_logits",
+        action="store_true",
+        help="after training, save the trained (possibly sharded) model's logits on a fixed prompt to "
+        "<output_dir>/probe_logits.safetensors, to check the saved adapter against",
+    )
     return p
 
 
@@ -76,8 +99,10 @@ def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse flags over the YAML defaults; check what the flags alone cannot."""
     args = p.parse_args(argv)
     if args.tiny and args.data is not None:
-        p.error("--tiny trains on a bundled fixture (--tiny_data) with a tokenizer built from its words; it cannot "
-                "use --data. Drop --tiny to train on --data, or choose a fixture with --tiny_data.")
+        p.error(
+            "--tiny trains on a bundled fixture (--tiny_data) with a tokenizer built from its words; it cannot "
+            "use --data. Drop --tiny to train on --data, or choose a fixture with --tiny_data."
+        )
     config = yaml.safe_load(Path(args.config).read_text()) or {}
     unknown = sorted(set(config) - {a.dest for a in p._actions})
     if unknown:
@@ -99,18 +124,31 @@ def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
         p.error(f"--val_set_size must be 0 or more, got {args.val_set_size}")
     eval_every = args.eval_steps or args.logging_steps
     if args.val_set_size and args.load_best_model_at_end and args.save_steps % eval_every:
-        p.error(f"--load_best_model_at_end needs --save_steps ({args.save_steps}) to be a multiple of --eval_steps "
-                f"({eval_every})")
+        p.error(
+            f"--load_best_model_at_end needs --save_steps ({args.save_steps}) to be a multiple of --eval_steps "
+            f"({eval_every})"
+        )
     if args.batch_size % args.micro_batch_size:
         p.error(f"--batch_size {args.batch_size} is not a multiple of --micro_batch_size {args.micro_batch_size}")
     return args
 
 
 # Flags that must be > 0, or >= 0, when given; every float flag must be finite.
-POSITIVE = ("batch_size", "micro_batch_size", "cutoff_len", "learning_rate", "num_train_epochs", "logging_steps",
-            "save_steps", "r", "lora_alpha", "num_experts", "top_k", "loracoe_warmup_learning_rate")
-NON_NEGATIVE = ("warmup_steps", "router_aux_loss_coef", "lora_dropout", "loracoe_warmup_steps",
-                "loracoe_warmup_epochs")
+POSITIVE = (
+    "batch_size",
+    "micro_batch_size",
+    "cutoff_len",
+    "learning_rate",
+    "num_train_epochs",
+    "logging_steps",
+    "save_steps",
+    "r",
+    "lora_alpha",
+    "num_experts",
+    "top_k",
+    "loracoe_warmup_learning_rate",
+)
+NON_NEGATIVE = ("warmup_steps", "router_aux_loss_coef", "lora_dropout", "loracoe_warmup_steps", "loracoe_warmup_epochs")
 
 
 def check_numbers(args: argparse.Namespace) -> str | None:
@@ -157,26 +195,43 @@ def training_arguments(args: argparse.Namespace, **method_args):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = max(1, args.batch_size // (args.micro_batch_size * world))
     return PerftTrainingArguments(
-        output_dir=args.output_dir, max_steps=args.max_steps, num_train_epochs=args.num_train_epochs,
-        learning_rate=args.learning_rate, per_device_train_batch_size=args.micro_batch_size,
-        gradient_accumulation_steps=accumulation, warmup_steps=args.warmup_steps,
-        lr_scheduler_type=args.lr_scheduler_type, bf16=bool(args.bf16) and not args.tiny,
+        output_dir=args.output_dir,
+        max_steps=args.max_steps,
+        num_train_epochs=args.num_train_epochs,
+        learning_rate=args.learning_rate,
+        per_device_train_batch_size=args.micro_batch_size,
+        gradient_accumulation_steps=accumulation,
+        warmup_steps=args.warmup_steps,
+        lr_scheduler_type=args.lr_scheduler_type,
+        bf16=bool(args.bf16) and not args.tiny,
         gradient_checkpointing=bool(args.gradient_checkpointing),
-        gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=args.logging_steps,
-        save_strategy="steps", save_steps=args.save_steps, save_total_limit=2, seed=args.seed,
-        report_to=args.report_to, remove_unused_columns=False,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=args.logging_steps,
+        save_strategy="steps",
+        save_steps=args.save_steps,
+        save_total_limit=2,
+        seed=args.seed,
+        report_to=args.report_to,
+        remove_unused_columns=False,
         # Several processes without CUDA need gloo; otherwise every rank silently believes it is rank 0.
         ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
         use_cpu=not torch.cuda.is_available(),
-        **validation_arguments(args), **method_args)
+        **validation_arguments(args),
+        **method_args,
+    )
 
 
 def validation_arguments(args: argparse.Namespace) -> dict:
     """Evaluation on the held-out split, as PERFT's finetune.py (lines 328-334) sets it, when there is one."""
     if not args.val_set_size:
         return {}
-    return dict(eval_strategy="steps", eval_steps=args.eval_steps, per_device_eval_batch_size=args.micro_batch_size,
-                load_best_model_at_end=bool(args.load_best_model_at_end), metric_for_best_model="eval_loss")
+    return dict(
+        eval_strategy="steps",
+        eval_steps=args.eval_steps,
+        per_device_eval_batch_size=args.micro_batch_size,
+        load_best_model_at_end=bool(args.load_best_model_at_end),
+        metric_for_best_model="eval_loss",
+    )
 
 
 def split_validation(dataset, args: argparse.Namespace):
@@ -185,8 +240,9 @@ def split_validation(dataset, args: argparse.Namespace):
     if not args.val_set_size:
         return dataset, None
     if args.val_set_size >= len(dataset):
-        raise ValueError(f"--val_set_size {args.val_set_size} leaves no training examples: the data has "
-                         f"{len(dataset)}.")
+        raise ValueError(
+            f"--val_set_size {args.val_set_size} leaves no training examples: the data has {len(dataset)}."
+        )
     split = dataset.train_test_split(test_size=args.val_set_size, shuffle=True, seed=args.seed)
     return split["train"], split["test"]
 
@@ -205,8 +261,10 @@ def build_tiny_base(args: argparse.Namespace) -> str:
     if os.path.exists(config):
         family = json.loads(Path(config).read_text()).get("model_type")
         if family != args.family:
-            raise ValueError(f"{path} holds a tiny {family} model, but this run asks for --family {args.family}: "
-                             "use another --output_dir (the adapter saved there is for that base).")
+            raise ValueError(
+                f"{path} holds a tiny {family} model, but this run asks for --family {args.family}: "
+                "use another --output_dir (the adapter saved there is for that base)."
+            )
     else:
         tokenizer = tiny_word_tokenizer()
         tiny_moe(args.family, vocab_size=len(tokenizer), max_position_embeddings=256).save_pretrained(path)
@@ -221,8 +279,10 @@ def check_cutoff_len(path: str, cutoff_len: int) -> None:
     config = AutoConfig.from_pretrained(path)
     limit = getattr(config.get_text_config(), "max_position_embeddings", None)
     if isinstance(limit, int) and cutoff_len > limit:
-        raise ValueError(f"--cutoff_len {cutoff_len} is longer than the {limit} positions of {path} "
-                         "(max_position_embeddings): lower --cutoff_len.")
+        raise ValueError(
+            f"--cutoff_len {cutoff_len} is longer than the {limit} positions of {path} "
+            "(max_position_embeddings): lower --cutoff_len."
+        )
 
 
 def load_tokenizer_and_model(path: str, training_args, cutoff_len: int):
@@ -242,14 +302,26 @@ def load_training_data(args: argparse.Namespace, tokenizer, training_args, load_
     source = fixture_path(args.tiny_data) if args.tiny else args.data
     with training_args.main_process_first(desc="tokenising"):
         dataset = load_records(args) if load_records is not None else load_llm_adapters_dataset(source)
-        return tokenize_dataset(dataset, tokenizer, cutoff_len=args.cutoff_len, train_on_inputs=args.train_on_inputs,
-                                source=str(source))
+        return tokenize_dataset(
+            dataset, tokenizer, cutoff_len=args.cutoff_len, train_on_inputs=args.train_on_inputs, source=str(source)
+        )
 
 
 # Flags that do not change what a run computes: left out of its identity.
-NOT_IDENTITY = ("config", "output_dir", "resume_from_checkpoint", "resume_from_other_run", "push_to_hub",
-                "hub_model_id", "probe_logits", "report_to", "logging_steps", "save_steps", "gradient_checkpointing",
-                "micro_batch_size")
+NOT_IDENTITY = (
+    "config",
+    "output_dir",
+    "resume_from_checkpoint",
+    "resume_from_other_run",
+    "push_to_hub",
+    "hub_model_id",
+    "probe_logits",
+    "report_to",
+    "logging_steps",
+    "save_steps",
+    "gradient_checkpointing",
+    "micro_batch_size",
+)
 
 
 def run_identity(args: argparse.Namespace) -> dict:
@@ -283,8 +355,11 @@ def run(args: argparse.Namespace, peft_config, load_records=None, **method_args)
         if main:
             recover(args.output_dir)
         if args.resume_from_checkpoint and finished_here(args):
-            print(f"[perft-peft] {args.output_dir} already holds this run's final adapter: the run is finished, "
-                  "nothing to do", flush=True)
+            print(
+                f"[perft-peft] {args.output_dir} already holds this run's final adapter: the run is finished, "
+                "nothing to do",
+                flush=True,
+            )
             return None
         return _train_and_save(args, peft_config, load_records, **method_args)
 
@@ -309,10 +384,15 @@ def _train_and_save(args: argparse.Namespace, peft_config, load_records=None, **
     if training_args.process_index == 0:
         print(f"[perft-peft] {accounting}", flush=True)
     identity = run_identity(args)
-    trainer = PerftTrainer(model=model, args=training_args, train_dataset=dataset, eval_dataset=validation,
-                           data_collator=make_collator(tokenizer), processing_class=tokenizer,
-                           run_identity={k: v for k, v in identity.items() if k not in ("max_steps",
-                                                                                         "num_train_epochs")})
+    trainer = PerftTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        eval_dataset=validation,
+        data_collator=make_collator(tokenizer),
+        processing_class=tokenizer,
+        run_identity={k: v for k, v in identity.items() if k not in ("max_steps", "num_train_epochs")},
+    )
     trainer.routing_stats_on_train_end = False  # written with the adapter, below
     resume = args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume == "true" else resume)
@@ -320,8 +400,13 @@ def _train_and_save(args: argparse.Namespace, peft_config, load_records=None, **
 
     def beside_the_adapter(folder: str) -> None:
         trainer.routing.save(folder)
-        write_run_info(args, folder, world_size=training_args.world_size, global_step=trainer.state.global_step,
-                       run_identity=identity)
+        write_run_info(
+            args,
+            folder,
+            world_size=training_args.world_size,
+            global_step=trainer.state.global_step,
+            run_identity=identity,
+        )
         hub.save_accounting(accounting, folder)  # for the model card: the saved folder cannot give it
         if probe is not None:
             save_file(probe, os.path.join(folder, "probe_logits.safetensors"))

@@ -7,38 +7,111 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 # Per family: the smallest config that keeps the family's MoE features (shared experts, sigmoid grouped routing,
 # biases...). Every family gets 8 experts with top-2 routing unless it needs otherwise.
-_COMMON = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, vocab_size=128, max_position_embeddings=128,
-               bos_token_id=1, eos_token_id=2, pad_token_id=0)
+_COMMON = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=128,
+    max_position_embeddings=128,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
 TINY_FAMILIES: dict[str, dict] = {
     "mixtral": dict(num_local_experts=8, num_experts_per_tok=2),
     "olmoe": dict(num_experts=8, num_experts_per_tok=2),
-    "qwen2_moe": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
-                      shared_expert_intermediate_size=48, decoder_sparse_step=1, mlp_only_layers=[]),
-    "qwen3_moe": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1,
-                      mlp_only_layers=[], head_dim=8),
-    "deepseek_v3": dict(num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
-                        n_group=2, topk_group=1, first_k_dense_replace=0, kv_lora_rank=16, q_lora_rank=16,
-                        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, routed_scaling_factor=2.5,
-                        norm_topk_prob=True),
-    "gpt_oss": dict(num_local_experts=8, num_experts_per_tok=2, head_dim=8, sliding_window=16,
-                    layer_types=["sliding_attention", "full_attention"],
-                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
-    "deepseek_v2": dict(num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
-                        n_shared_experts=1, first_k_dense_replace=0, kv_lora_rank=16, q_lora_rank=16,
-                        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8),
-    "glm4_moe": dict(n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
-                     first_k_dense_replace=0, n_group=1, topk_group=1, head_dim=8),
-    "dots1": dict(n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
-                  first_k_dense_replace=0, n_group=1, topk_group=1, head_dim=8),
+    "qwen2_moe": dict(
+        num_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=48,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+    ),
+    "qwen3_moe": dict(
+        num_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        head_dim=8,
+    ),
+    "deepseek_v3": dict(
+        num_key_value_heads=4,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        n_shared_experts=1,
+        n_group=2,
+        topk_group=1,
+        first_k_dense_replace=0,
+        kv_lora_rank=16,
+        q_lora_rank=16,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=8,
+        routed_scaling_factor=2.5,
+        norm_topk_prob=True,
+    ),
+    "gpt_oss": dict(
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        head_dim=8,
+        sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    ),
+    "deepseek_v2": dict(
+        num_key_value_heads=4,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        n_shared_experts=1,
+        first_k_dense_replace=0,
+        kv_lora_rank=16,
+        q_lora_rank=16,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=8,
+    ),
+    "glm4_moe": dict(
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        n_shared_experts=1,
+        first_k_dense_replace=0,
+        n_group=1,
+        topk_group=1,
+        head_dim=8,
+    ),
+    "dots1": dict(
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        n_shared_experts=1,
+        first_k_dense_replace=0,
+        n_group=1,
+        topk_group=1,
+        head_dim=8,
+    ),
     "ernie4_5_moe": dict(moe_num_experts=8, moe_k=2, moe_intermediate_size=32, moe_layer_start_index=0, head_dim=8),
     "hunyuan_v1_moe": dict(num_experts=8, moe_topk=2, head_dim=8),
     "phimoe": dict(num_local_experts=8, num_experts_per_tok=2),
-    "minimax": dict(num_local_experts=8, num_experts_per_tok=2, head_dim=8,
-                    layer_types=["full_attention", "full_attention"]),
+    "minimax": dict(
+        num_local_experts=8, num_experts_per_tok=2, head_dim=8, layer_types=["full_attention", "full_attention"]
+    ),
     "granitemoe": dict(num_local_experts=8, num_experts_per_tok=2),
-    "jamba": dict(num_experts=8, num_experts_per_tok=2, expert_layer_period=1, expert_layer_offset=0,
-                  attn_layer_period=1, attn_layer_offset=0, use_mamba_kernels=False),
+    "jamba": dict(
+        num_experts=8,
+        num_experts_per_tok=2,
+        expert_layer_period=1,
+        expert_layer_offset=0,
+        attn_layer_period=1,
+        attn_layer_offset=0,
+        use_mamba_kernels=False,
+    ),
     "flex_olmo": dict(num_experts=8, num_experts_per_tok=2),
 }
 
@@ -72,8 +145,9 @@ def tiny_tokenizer(vocab_size: int = 128):
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, vocab_size)}}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<pad>"
+    )
 
 
 def pretrain(model, batches, optimizer, schedule, desc: str, progress: bool = True) -> float:

@@ -19,15 +19,22 @@ from perft_peft.data import ORCA_MATH_FIXTURE, MixturePart, fixture_path, load_m
 from perft_peft.loracoe import save_without_router
 
 p = recipe.parser(__doc__, Path(__file__).parent / "configs" / "loracoe.yaml")
-p.add_argument("--math_data", help="OrcaMath (question/answer) Hub id or JSON(L) file mixed with --data; 'none': "
-                                   "--data alone")
+p.add_argument(
+    "--math_data", help="OrcaMath (question/answer) Hub id or JSON(L) file mixed with --data; 'none': --data alone"
+)
 p.add_argument("--data_size", type=int, help="records sampled from --data (0: all)")
 p.add_argument("--math_data_size", type=int, help="records sampled from --math_data (0: all)")
-p.add_argument("--method", choices=["loracoe", "lora"],
-               help="loracoe (construction composition or partition), or the baseline: peft LoRA on the same targets")
-p.add_argument("--save_without_router", action="store_true",
-               help="ablation (Table 2): also save the trained A, B as a plain peft LoRA in <output_dir>/"
-                    "without_router (inference with c = 1)")
+p.add_argument(
+    "--method",
+    choices=["loracoe", "lora"],
+    help="loracoe (construction composition or partition), or the baseline: peft LoRA on the same targets",
+)
+p.add_argument(
+    "--save_without_router",
+    action="store_true",
+    help="ablation (Table 2): also save the trained A, B as a plain peft LoRA in <output_dir>/"
+    "without_router (inference with c = 1)",
+)
 p.add_argument("--r", type=int)
 p.add_argument("--lora_alpha", type=int)
 p.add_argument("--num_experts", type=int, help="E composite experts (partition: rank groups)")
@@ -36,14 +43,23 @@ p.add_argument("--lora_dropout", type=float)
 p.add_argument("--construction", choices=["composition", "partition"])
 p.add_argument("--composition_scale", choices=["rank", "none"])
 p.add_argument("--init_from_lora", help="start from this saved peft LoRA instead of a warmup")
-p.add_argument("--loracoe_warmup_epochs", type=float,
-               help="LoRA warmup length in epochs; given as a flag, it replaces the config's loracoe_warmup_steps")
-p.add_argument("--loracoe_warmup_steps", type=int,
-               help="LoRA warmup length in optimizer steps (use with --max_steps); given as a flag, it replaces "
-                    "the config's loracoe_warmup_epochs")
+p.add_argument(
+    "--loracoe_warmup_epochs",
+    type=float,
+    help="LoRA warmup length in epochs; given as a flag, it replaces the config's loracoe_warmup_steps",
+)
+p.add_argument(
+    "--loracoe_warmup_steps",
+    type=int,
+    help="LoRA warmup length in optimizer steps (use with --max_steps); given as a flag, it replaces "
+    "the config's loracoe_warmup_epochs",
+)
 p.add_argument("--loracoe_warmup_learning_rate", type=float)
-p.add_argument("--no_warmup", action="store_true",
-               help="ablation (Table 3): no LoRA warmup, LoRA and router trained jointly from the start")
+p.add_argument(
+    "--no_warmup",
+    action="store_true",
+    help="ablation (Table 3): no LoRA warmup, LoRA and router trained jointly from the start",
+)
 
 
 def parse(argv=None):
@@ -55,8 +71,10 @@ def parse(argv=None):
         p.error("--save_without_router and --init_from_lora are for --method loracoe")
     if args.no_warmup or args.method == "lora":
         if given.loracoe_warmup_steps or given.loracoe_warmup_epochs:
-            p.error("--loracoe_warmup_steps/--loracoe_warmup_epochs need a warmup, but --no_warmup or --method lora "
-                    "has none")
+            p.error(
+                "--loracoe_warmup_steps/--loracoe_warmup_epochs need a warmup, but --no_warmup or --method lora "
+                "has none"
+            )
         args.loracoe_warmup_steps = args.loracoe_warmup_epochs = args.loracoe_warmup_learning_rate = None
         return args
     if given.loracoe_warmup_steps is not None and given.loracoe_warmup_epochs is None:
@@ -83,22 +101,41 @@ def peft_config(args):
     if args.method == "lora":
         from peft import LoraConfig
 
-        return LoraConfig(r=args.r, lora_alpha=args.lora_alpha, target_modules=args.target_modules,
-                          lora_dropout=args.lora_dropout, task_type="CAUSAL_LM")
-    return LoraCoeConfig(r=args.r, lora_alpha=args.lora_alpha, num_experts=args.num_experts,
-                         target_modules=args.target_modules, lora_dropout=args.lora_dropout,
-                         construction=args.construction, composition_scale=args.composition_scale,
-                         init_from_lora=args.init_from_lora, task_type="CAUSAL_LM")
+        return LoraConfig(
+            r=args.r,
+            lora_alpha=args.lora_alpha,
+            target_modules=args.target_modules,
+            lora_dropout=args.lora_dropout,
+            task_type="CAUSAL_LM",
+        )
+    return LoraCoeConfig(
+        r=args.r,
+        lora_alpha=args.lora_alpha,
+        num_experts=args.num_experts,
+        target_modules=args.target_modules,
+        lora_dropout=args.lora_dropout,
+        construction=args.construction,
+        composition_scale=args.composition_scale,
+        init_from_lora=args.init_from_lora,
+        task_type="CAUSAL_LM",
+    )
 
 
 def main(argv=None):
     args = parse(argv)
     parts = mixture_parts(args)
-    warmup = {} if args.method == "lora" else dict(
-        loracoe_warmup_epochs=args.loracoe_warmup_epochs, loracoe_warmup_steps=args.loracoe_warmup_steps,
-        loracoe_warmup_learning_rate=args.loracoe_warmup_learning_rate)
-    trainer = recipe.run(args, peft_config(args), load_records=lambda args: load_mixture(parts, seed=args.seed),
-                         **warmup)
+    warmup = (
+        {}
+        if args.method == "lora"
+        else dict(
+            loracoe_warmup_epochs=args.loracoe_warmup_epochs,
+            loracoe_warmup_steps=args.loracoe_warmup_steps,
+            loracoe_warmup_learning_rate=args.loracoe_warmup_learning_rate,
+        )
+    )
+    trainer = recipe.run(
+        args, peft_config(args), load_records=lambda args: load_mixture(parts, seed=args.seed), **warmup
+    )
     if args.save_without_router and trainer.is_world_process_zero():
         save_without_router(trainer.accelerator.unwrap_model(trainer.model), Path(args.output_dir) / "without_router")
     return trainer

@@ -36,15 +36,37 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-MAX_BODY = 64 << 20             # bigger requests get 413
-MAX_REGULAR_FILE = 10 << 20     # the Hub refuses larger non-LFS files
-IDLE_TIMEOUT = 30.0             # seconds a connection may sit idle before the server drops it
+MAX_BODY = 64 << 20  # bigger requests get 413
+MAX_REGULAR_FILE = 10 << 20  # the Hub refuses larger non-LFS files
+IDLE_TIMEOUT = 30.0  # seconds a connection may sit idle before the server drops it
 REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 SHA = re.compile(r"^[0-9a-f]{40}$")
 OID = re.compile(r"^[0-9a-f]{64}$")
-GITATTRIBUTES = "".join(f"{pattern} filter=lfs diff=lfs merge=lfs -text\n" for pattern in (
-    "*.bin", "*.ckpt", "*.gz", "*.h5", "*.msgpack", "*.npy", "*.npz", "*.onnx", "*.ot", "*.parquet", "*.pb",
-    "*.pickle", "*.pkl", "*.pt", "*.pth", "*.safetensors", "*.tar", "*.tflite", "*.zip", "*.zst"))
+GITATTRIBUTES = "".join(
+    f"{pattern} filter=lfs diff=lfs merge=lfs -text\n"
+    for pattern in (
+        "*.bin",
+        "*.ckpt",
+        "*.gz",
+        "*.h5",
+        "*.msgpack",
+        "*.npy",
+        "*.npz",
+        "*.onnx",
+        "*.ot",
+        "*.parquet",
+        "*.pb",
+        "*.pickle",
+        "*.pkl",
+        "*.pt",
+        "*.pth",
+        "*.safetensors",
+        "*.tar",
+        "*.tflite",
+        "*.zip",
+        "*.zst",
+    )
+)
 
 
 class HubError(Exception):
@@ -136,8 +158,9 @@ class Storage:
             _write_atomic(repo / "repo.json", json.dumps({"private": private, "createdAt": _now()}).encode())
             data = GITATTRIBUTES.encode()
             blob = self._put_blob(repo_id, data)
-            sha = self._put_commit(repo_id, [], {".gitattributes": {"blob": blob, "size": len(data)}},
-                                   "initial commit", "", author)
+            sha = self._put_commit(
+                repo_id, [], {".gitattributes": {"blob": blob, "size": len(data)}}, "initial commit", "", author
+            )
             _write_atomic(repo / "refs.json", json.dumps({"main": sha}).encode())
 
     def _put_blob(self, repo_id: str, data: bytes) -> str:
@@ -148,8 +171,14 @@ class Storage:
         return blob
 
     def _put_commit(self, repo_id, parents, tree, title, description, author) -> str:
-        record = {"parents": parents, "tree": tree, "title": title, "message": description, "author": author,
-                  "date": _now()}
+        record = {
+            "parents": parents,
+            "tree": tree,
+            "title": title,
+            "message": description,
+            "author": author,
+            "date": _now(),
+        }
         text = json.dumps(record, sort_keys=True).encode()
         sha = hashlib.sha1(text).hexdigest()
         _write_atomic(self.repo_dir(repo_id) / "commits" / f"{sha}.json", text)
@@ -174,8 +203,10 @@ class Storage:
             head = refs[branch]
             parent = header.get("parentCommit")
             if parent is not None and parent != head:
-                raise HubError(412, f"parentCommit {parent} is not the head of {branch} ({head}): "
-                                    "someone else committed in between")
+                raise HubError(
+                    412,
+                    f"parentCommit {parent} is not the head of {branch} ({head}): someone else committed in between",
+                )
             tree = dict(self.commit(repo_id, head)["tree"])
             new_blobs = {}
             for op in operations:
@@ -184,8 +215,9 @@ class Storage:
                 if key == "file":
                     data = base64.b64decode(value["content"])
                     if len(data) > MAX_REGULAR_FILE or b"\0" in data[:8000]:
-                        raise HubError(400, f"Your push was rejected because {path} is a binary or large file: "
-                                            "upload it with LFS")
+                        raise HubError(
+                            400, f"Your push was rejected because {path} is a binary or large file: upload it with LFS"
+                        )
                     blob = git_blob_id(data)
                     new_blobs[blob] = data
                     tree[path] = {"blob": blob, "size": len(data)}
@@ -235,7 +267,7 @@ class HubServer:
         self.storage = Storage(root)
         self.die_on_commit = die_on_commit
         self.uploads: dict[str, tuple[str, str, int]] = {}  # one-time LFS upload ticket -> (repo, oid, size)
-        self.requests: list[str] = []                       # "METHOD path" of every request, for tests
+        self.requests: list[str] = []  # "METHOD path" of every request, for tests
         self._connections: set[socket.socket] = set()
         self._servers = [_Server(self, _HubHandler), _Server(self, _CdnHandler)]
         self.url, self.cdn_url = (f"http://127.0.0.1:{s.server_address[1]}" for s in self._servers)
@@ -358,8 +390,14 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _send_json(self, payload, status: int = 200, code: str | None = None, commit: str | None = None,
-                   headers: dict | None = None):
+    def _send_json(
+        self,
+        payload,
+        status: int = 200,
+        code: str | None = None,
+        commit: str | None = None,
+        headers: dict | None = None,
+    ):
         headers = dict(headers or {})
         if code:
             headers["X-Error-Code"] = code
@@ -387,8 +425,9 @@ class _HubHandler(_Handler):
                 raise HubError(400, f"The test hub only has model repos, not {s[1]}")
             if len(s) >= 4 and s[1] == "models":
                 return self.repo_api(method, f"{s[2]}/{s[3]}", s[4:])
-        elif len(s) == 6 and s[1].endswith(".git") and s[2:] == ["info", "lfs", "objects", "batch"] \
-                and method == "POST":
+        elif (
+            len(s) == 6 and s[1].endswith(".git") and s[2:] == ["info", "lfs", "objects", "batch"] and method == "POST"
+        ):
             return self.lfs_batch(f"{s[0]}/{s[1][:-4]}")
         elif len(s) >= 5 and s[2] == "resolve" and method in ("GET", "HEAD"):
             return self.resolve(f"{s[0]}/{s[1]}", s[3], "/".join(s[4:]))
@@ -433,12 +472,22 @@ class _HubHandler(_Handler):
             entries = _tree_entries(storage.commit(repo_id, sha)["tree"])
             return self._send_json([entries[p] for p in form.get("paths", []) if p in entries])
         if method == "GET" and action == "commits" and len(rest) == 2:
-            return self._send_json([
-                {"id": sha, "title": c["title"], "message": c["message"], "authors": [{"user": c["author"]}],
-                 "date": c["date"]} for sha, c in storage.history(repo_id, storage.resolve(repo_id, arg))])
+            return self._send_json(
+                [
+                    {
+                        "id": sha,
+                        "title": c["title"],
+                        "message": c["message"],
+                        "authors": [{"user": c["author"]}],
+                        "date": c["date"],
+                    }
+                    for sha, c in storage.history(repo_id, storage.resolve(repo_id, arg))
+                ]
+            )
         if method == "GET" and action == "refs" and len(rest) == 1:
-            branches = [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": sha}
-                        for b, sha in storage.refs(repo_id).items()]
+            branches = [
+                {"name": b, "ref": f"refs/heads/{b}", "targetCommit": sha} for b, sha in storage.refs(repo_id).items()
+            ]
             return self._send_json({"branches": branches, "converts": [], "tags": []})
         if method == "POST" and action == "branch" and len(rest) == 2:
             self.user(True)
@@ -461,14 +510,29 @@ class _HubHandler(_Handler):
                 file = _file_entry(path, entry)
                 sibling.update(size=file["size"], blobId=file["oid"])
                 if "lfs" in file:
-                    sibling["lfs"] = {"sha256": file["lfs"]["oid"], "size": file["lfs"]["size"],
-                                      "pointerSize": file["lfs"]["pointerSize"]}
+                    sibling["lfs"] = {
+                        "sha256": file["lfs"]["oid"],
+                        "size": file["lfs"]["size"],
+                        "pointerSize": file["lfs"]["pointerSize"],
+                    }
             siblings.append(sibling)
         namespace = repo_id.split("/")[0]
-        self._send_json({"_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24], "id": repo_id, "modelId": repo_id,
-                         "author": namespace, "sha": sha, "lastModified": commit["date"],
-                         "createdAt": meta["createdAt"], "private": meta["private"], "disabled": False,
-                         "gated": False, "tags": [], "siblings": siblings})
+        self._send_json(
+            {
+                "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24],
+                "id": repo_id,
+                "modelId": repo_id,
+                "author": namespace,
+                "sha": sha,
+                "lastModified": commit["date"],
+                "createdAt": meta["createdAt"],
+                "private": meta["private"],
+                "disabled": False,
+                "gated": False,
+                "tags": [],
+                "siblings": siblings,
+            }
+        )
 
     def tree(self, repo_id: str, sha: str, path: str):
         entries = _tree_entries(self.hub.storage.commit(repo_id, sha)["tree"])
@@ -476,8 +540,9 @@ class _HubHandler(_Handler):
             raise HubError(404, f"{path} does not exist at {sha}", "EntryNotFound")
         recursive = self.query.get("recursive", ["false"])[0].lower() == "true"
         prefix = f"{path}/" if path else ""
-        children = [e for p, e in sorted(entries.items())
-                    if p.startswith(prefix) and (recursive or "/" not in p[len(prefix):])]
+        children = [
+            e for p, e in sorted(entries.items()) if p.startswith(prefix) and (recursive or "/" not in p[len(prefix) :])
+        ]
         self._send_json(children)
 
     def preupload(self, repo_id: str, revision: str):
@@ -494,12 +559,14 @@ class _HubHandler(_Handler):
         files = []
         for file in self.json_body().get("files", []):
             path = file["path"]
-            lfs = (file["size"] > MAX_REGULAR_FILE or b"\0" in base64.b64decode(file.get("sample", ""))
-                   or any(fnmatch.fnmatch(path if "/" in p else path.rsplit("/", 1)[-1], p) for p in patterns))
+            lfs = (
+                file["size"] > MAX_REGULAR_FILE
+                or b"\0" in base64.b64decode(file.get("sample", ""))
+                or any(fnmatch.fnmatch(path if "/" in p else path.rsplit("/", 1)[-1], p) for p in patterns)
+            )
             entry = tree.get(path)
             oid = (entry["lfs"]["oid"] if entry.get("lfs") else entry["blob"]) if entry else None
-            files.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
-                          "oid": oid})
+            files.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
         self._send_json({"files": files})
 
     def lfs_batch(self, repo_id: str):
@@ -513,17 +580,30 @@ class _HubHandler(_Handler):
         for obj in payload.get("objects", []):
             oid, size = obj.get("oid", ""), obj.get("size", -1)
             if not OID.match(oid) or not isinstance(size, int) or size < 0:
-                objects.append({"oid": str(oid), "size": int(size) if isinstance(size, int) else 0,
-                                "error": {"code": 422, "message": "Invalid oid or size"}})
+                objects.append(
+                    {
+                        "oid": str(oid),
+                        "size": int(size) if isinstance(size, int) else 0,
+                        "error": {"code": 422, "message": "Invalid oid or size"},
+                    }
+                )
             elif self.hub.storage.has_lfs(repo_id, oid):
                 objects.append({"oid": oid, "size": size})
             else:
                 ticket = secrets.token_hex(16)
                 self.hub.uploads[ticket] = (repo_id, oid, size)
-                objects.append({"oid": oid, "size": size, "authenticated": True,
-                                "actions": {"upload": {"href": f"{self.hub.url}/api/lfs-upload/{ticket}"}}})
-        self._send_json({"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
-                        headers={"Content-Type": "application/vnd.git-lfs+json"})
+                objects.append(
+                    {
+                        "oid": oid,
+                        "size": size,
+                        "authenticated": True,
+                        "actions": {"upload": {"href": f"{self.hub.url}/api/lfs-upload/{ticket}"}},
+                    }
+                )
+        self._send_json(
+            {"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
+            headers={"Content-Type": "application/vnd.git-lfs+json"},
+        )
 
     def lfs_upload(self, ticket: str):
         """The basic transfer's PUT: the ticket authorises it; the content must hash to the announced oid."""
@@ -552,8 +632,9 @@ class _HubHandler(_Handler):
         if not lines or lines[0].get("key") != "header" or not lines[0]["value"].get("summary"):
             raise HubError(400, "A commit needs a header line with a non-empty summary")
         sha = self.hub.storage.apply_commit(repo_id, revision, lines[0]["value"], lines[1:], user)
-        self._send_json({"success": True, "commitOid": sha, "commitUrl": f"{self.hub.url}/{repo_id}/commit/{sha}",
-                         "hookOutput": ""})
+        self._send_json(
+            {"success": True, "commitOid": sha, "commitUrl": f"{self.hub.url}/{repo_id}/commit/{sha}", "hookOutput": ""}
+        )
 
     def resolve(self, repo_id: str, revision: str, path: str):
         """Regular files: 200 with the git blob id as ETag. LFS files: 302 to the CDN origin carrying the file's
@@ -567,9 +648,14 @@ class _HubHandler(_Handler):
         headers = {"X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
         if entry.get("lfs"):
             oid = entry["lfs"]["oid"]
-            headers.update({"X-Linked-Etag": f'"{oid}"', "X-Linked-Size": str(entry["size"]),
-                            "ETag": f'"{git_blob_id(lfs_pointer(oid, entry["size"]))}"',
-                            "Location": f"{self.hub.cdn_url}/lfs/{repo_id}/{oid}"})
+            headers.update(
+                {
+                    "X-Linked-Etag": f'"{oid}"',
+                    "X-Linked-Size": str(entry["size"]),
+                    "ETag": f'"{git_blob_id(lfs_pointer(oid, entry["size"]))}"',
+                    "Location": f"{self.hub.cdn_url}/lfs/{repo_id}/{oid}",
+                }
+            )
             return self._send(302, b"", headers)
         headers["ETag"] = f'"{entry["blob"]}"'
         self._send(200, storage.read(repo_id, entry), headers, content_type="application/octet-stream")
@@ -591,7 +677,7 @@ class _CdnHandler(_Handler):
             start = int(match[1])
             end = min(int(match[2]) if match[2] else len(data) - 1, len(data) - 1)
             headers = {"Content-Range": f"bytes {start}-{end}/{len(data)}", "ETag": f'"{oid}"'}
-            return self._send(206, data[start:end + 1], headers, content_type="application/octet-stream")
+            return self._send(206, data[start : end + 1], headers, content_type="application/octet-stream")
         self._send(200, data, {"ETag": f'"{oid}"', "Accept-Ranges": "bytes"}, content_type="application/octet-stream")
 
 
@@ -600,8 +686,13 @@ def _file_entry(path: str, entry: dict) -> dict:
     if entry.get("lfs"):
         oid, size = entry["lfs"]["oid"], entry["size"]
         pointer = lfs_pointer(oid, size)
-        return {"type": "file", "path": path, "size": size, "oid": git_blob_id(pointer),
-                "lfs": {"oid": oid, "size": size, "pointerSize": len(pointer)}}
+        return {
+            "type": "file",
+            "path": path,
+            "size": size,
+            "oid": git_blob_id(pointer),
+            "lfs": {"oid": oid, "size": size, "pointerSize": len(pointer)},
+        }
     return {"type": "file", "path": path, "size": entry["size"], "oid": entry["blob"]}
 
 
@@ -613,6 +704,8 @@ def _tree_entries(tree: dict) -> dict[str, dict]:
         parts = path.split("/")
         for depth in range(1, len(parts)):
             folder = "/".join(parts[:depth])
-            entries.setdefault(folder, {"type": "directory", "path": folder, "size": 0,
-                                        "oid": hashlib.sha1(folder.encode()).hexdigest()})
+            entries.setdefault(
+                folder,
+                {"type": "directory", "path": folder, "size": 0, "oid": hashlib.sha1(folder.encode()).hexdigest()},
+            )
     return entries

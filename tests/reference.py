@@ -15,8 +15,9 @@ def expert_delta(h, A, B, scaling, act):
     return scaling * (B.double() @ z)
 
 
-def perft_term(variant, h, tensors, scaling, act=None, top_k=None, routing=None, norm_topk_prob=False,
-               base_gates=False):
+def perft_term(
+    variant, h, tensors, scaling, act=None, top_k=None, routing=None, norm_topk_prob=False, base_gates=False
+):
     """The variant's added term for tokens h [T, D]; ``routing`` = the model's (index [T,K], weights [T,K]), for E
     and ``base_gates``; ``norm_topk_prob``: R's top-K probabilities divided by their sum (the authors' Mixtral
     routing); ``base_gates``: R's k-th chosen expert weighted by the model's k-th weight (their OLMoE code)."""
@@ -48,8 +49,10 @@ def capture_router_inputs(model):
     captured = []
 
     def hook(module, args):
-        captured.append((args[0].reshape(-1, args[0].shape[-1]).detach().double(),
-                         module.perft_router["default"].detach().double()))
+        captured.append(
+            (args[0].reshape(-1, args[0].shape[-1]).detach().double(), module.perft_router["default"].detach().double())
+        )
+
     for layer in model.modules():
         if isinstance(layer, PerftLayer):
             layer.register_forward_pre_hook(hook)

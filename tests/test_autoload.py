@@ -32,17 +32,34 @@ def _venv(root: Path, editable: bool) -> Path:
         source.mkdir(parents=True)
         for name in SOURCES:
             copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
-            copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                                 if (ROOT / name).is_dir() else {}))
+            copy(
+                ROOT / name,
+                source / name,
+                **({"ignore": shutil.ignore_patterns("__pycache__")} if (ROOT / name).is_dir() else {}),
+            )
     venv = root / ("editable" if editable else "regular")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=120)
     python = venv / "bin" / "python"
-    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     # A path line only: this venv's site-packages joins sys.path, its .pth files (our editable install) do not run.
     Path(purelib, "_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    install = [sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps",
-               *(["-e"] if editable else []), source]
+    install = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        python,
+        "install",
+        "--quiet",
+        "--no-deps",
+        *(["-e"] if editable else []),
+        source,
+    ]
     result = subprocess.run(install, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert Path(purelib, "perft_peft-autoload.pth").is_file()
@@ -65,8 +82,10 @@ def adapters(tmp_path_factory):
     tiny_moe("mixtral").save_pretrained(root / "base")
     ids = torch.tensor(IDS)
     expected = {}
-    for name, config in (("perft", PerftConfig(variant="R", r=4, init_weights=False)),
-                         ("loracoe", LoraCoeConfig(r=4, target_modules=["q_proj"], init_weights=False))):
+    for name, config in (
+        ("perft", PerftConfig(variant="R", r=4, init_weights=False)),
+        ("loracoe", LoraCoeConfig(r=4, target_modules=["q_proj"], init_weights=False)),
+    ):
         # from the saved base, so adapter_config.json records it (AutoPeftModelForCausalLM loads it)
         get_peft_model(AutoModelForCausalLM.from_pretrained(root / "base"), config).save_pretrained(root / name)
         with torch.no_grad():
@@ -84,21 +103,31 @@ def venvs(tmp_path_factory):
 
 
 def _client(python, *args, env=None, cwd):
-    env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PERFT_PEFT_NO_AUTOLOAD")},
-           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
-    result = subprocess.run([python, __file__, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
-                            timeout=300)
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PERFT_PEFT_NO_AUTOLOAD")},
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        **(env or {}),
+    }
+    result = subprocess.run(
+        [python, __file__, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith(RESULT))
-    return json.loads(line[len(RESULT):]), result.stderr
+    return json.loads(line[len(RESULT) :]), result.stderr
 
 
 @pytest.mark.parametrize("kind", ["regular", "editable"])
 def test_loads_without_import(kind, venvs, adapters, tmp_path):
     result, _ = _client(venvs[kind], "load", adapters, cwd=tmp_path)
     # Python start-up imported our small module only; nothing heavy until peft is imported.
-    assert result["at_start"] == {"perft_peft_autoload": True, "peft": False, "torch": False, "perft_peft": False,
-                                  "transformers": False}
+    assert result["at_start"] == {
+        "perft_peft_autoload": True,
+        "peft": False,
+        "torch": False,
+        "perft_peft": False,
+        "transformers": False,
+    }
     assert result["finder_installed"] is True
     # perft_peft came from this venv's installation, not from the repository under test.
     location = Path(result["perft_peft_file"])
@@ -119,24 +148,29 @@ def test_a_failing_registration_never_breaks_peft(venvs, adapters, tmp_path):
     broken = tmp_path / "broken" / "perft_peft"
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text("raise RuntimeError('simulated failure')\n")
-    result, stderr = _client(venvs["regular"], "broken", adapters, env={"PYTHONPATH": str(broken.parent)},
-                             cwd=tmp_path)
-    assert result["warnings"] == ["perft-peft could not register PERFT and LoRACoE with peft (RuntimeError: "
-                                  "simulated failure). peft works as before; loading a PERFT or LoRACoE adapter "
-                                  "needs `import perft_peft` first. Set PERFT_PEFT_NO_AUTOLOAD=1 to skip this step."]
+    result, stderr = _client(venvs["regular"], "broken", adapters, env={"PYTHONPATH": str(broken.parent)}, cwd=tmp_path)
+    assert result["warnings"] == [
+        "perft-peft could not register PERFT and LoRACoE with peft (RuntimeError: "
+        "simulated failure). peft works as before; loading a PERFT or LoRACoE adapter "
+        "needs `import perft_peft` first. Set PERFT_PEFT_NO_AUTOLOAD=1 to skip this step."
+    ]
     assert result["lora_works"] is True and result["error"] == "KeyError: 'PERFT'"
 
 
 # ---------------------------------------------------------------------------------------------------- clients
 # Run by the venvs' Python: nothing here imports perft_peft.
 
+
 def client_load(root):
-    at_start = {name: name in sys.modules for name in ("perft_peft_autoload", "peft", "torch", "perft_peft",
-                                                       "transformers")}
+    at_start = {
+        name: name in sys.modules for name in ("perft_peft_autoload", "peft", "torch", "perft_peft", "transformers")
+    }
     finder_installed = any(type(f).__name__ == "_PeftFinder" for f in sys.meta_path)
-    import trl  # noqa: F401  (trl, then transformers' Trainer, import peft in the middle of their own imports)
+    # The order matters: trl, then transformers' Trainer, import peft in the middle of their own imports.
+    import trl  # noqa: F401
     from transformers import Trainer  # noqa: F401
 
+    # isort: split
     import torch
     from peft import AutoPeftModelForCausalLM, PeftModel
     from safetensors.torch import load_file
@@ -155,17 +189,24 @@ def client_load(root):
 
     with_adapter = base()
     with_adapter.load_adapter(str(root / "perft"))
-    diffs = {"peft": diff(PeftModel.from_pretrained(base(), root / "perft"), "perft"),
-             "auto": diff(AutoPeftModelForCausalLM.from_pretrained(root / "loracoe"), "loracoe"),
-             "transformers": diff(with_adapter, "perft")}
+    diffs = {
+        "peft": diff(PeftModel.from_pretrained(base(), root / "perft"), "perft"),
+        "auto": diff(AutoPeftModelForCausalLM.from_pretrained(root / "loracoe"), "loracoe"),
+        "transformers": diff(with_adapter, "perft"),
+    }
     import peft
 
-    return {"at_start": at_start, "finder_installed": finder_installed, "diffs": diffs,
-            "differs_from_base": bool((expected["perft"] - expected["base"]).abs().max() > 1e-3),
-            "perft_peft_file": sys.modules["perft_peft"].__file__,
-            "peft_loader_is_its_own": type(peft.__loader__).__name__ == type(peft.__spec__.loader).__name__
-            == "SourceFileLoader",
-            "finder_removed": not any(type(f).__name__ == "_PeftFinder" for f in sys.meta_path)}
+    return {
+        "at_start": at_start,
+        "finder_installed": finder_installed,
+        "diffs": diffs,
+        "differs_from_base": bool((expected["perft"] - expected["base"]).abs().max() > 1e-3),
+        "perft_peft_file": sys.modules["perft_peft"].__file__,
+        "peft_loader_is_its_own": type(peft.__loader__).__name__
+        == type(peft.__spec__.loader).__name__
+        == "SourceFileLoader",
+        "finder_removed": not any(type(f).__name__ == "_PeftFinder" for f in sys.meta_path),
+    }
 
 
 def _load_error(root) -> str:
@@ -181,8 +222,11 @@ def _load_error(root) -> str:
 
 def client_off(root):
     finder_installed = any(type(f).__name__ == "_PeftFinder" for f in sys.meta_path)
-    return {"finder_installed": finder_installed, "error": _load_error(root),
-            "perft_peft_imported": "perft_peft" in sys.modules}
+    return {
+        "finder_installed": finder_installed,
+        "error": _load_error(root),
+        "perft_peft_imported": "perft_peft" in sys.modules,
+    }
 
 
 def client_broken(root):
@@ -195,10 +239,14 @@ def client_broken(root):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(Path(root) / "base"),
-                          LoraConfig(r=2, target_modules=["q_proj"]))
-    return {"warnings": [str(w.message) for w in caught if "perft-peft" in str(w.message)],
-            "lora_works": isinstance(lora, peft.PeftModel), "error": _load_error(root)}
+    lora = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(Path(root) / "base"), LoraConfig(r=2, target_modules=["q_proj"])
+    )
+    return {
+        "warnings": [str(w.message) for w in caught if "perft-peft" in str(w.message)],
+        "lora_works": isinstance(lora, peft.PeftModel),
+        "error": _load_error(root),
+    }
 
 
 if __name__ == "__main__":

@@ -21,10 +21,30 @@ from .conftest import base_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
-FAST = ["--tiny", "--max_steps", "2", "--batch_size", "2", "--micro_batch_size", "2", "--gradient_checkpointing",
-        "false", "--save_steps", "1", "--logging_steps", "1", "--val_set_size", "0"]
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "run_info.json", "accounting.json",
-                 "routing_stats.json")
+FAST = [
+    "--tiny",
+    "--max_steps",
+    "2",
+    "--batch_size",
+    "2",
+    "--micro_batch_size",
+    "2",
+    "--gradient_checkpointing",
+    "false",
+    "--save_steps",
+    "1",
+    "--logging_steps",
+    "1",
+    "--val_set_size",
+    "0",
+]
+ADAPTER_FILES = (
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "run_info.json",
+    "accounting.json",
+    "routing_stats.json",
+)
 
 
 def _recipe(monkeypatch, argv, script="mixtral_perft_r"):
@@ -47,6 +67,7 @@ def _parse_error(argv, capsys, script="mixtral_perft_r"):
 
 # -- cases 1, 2, 10: the final adapter and the checkpoints of a used --output_dir ------------------------------
 
+
 @pytest.mark.slow
 def test_used_output_dir(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
@@ -54,15 +75,19 @@ def test_used_output_dir(tmp_path, monkeypatch, capsys):
     first = _snapshot(out)
 
     # case 10: the same command relaunched with resume: nothing is trained or replaced
-    _recipe(monkeypatch, [*FAST, "--output_dir", out, "--seed", "1", "--learning_rate", "1e-2",
-                          "--resume_from_checkpoint", "true"])
+    _recipe(
+        monkeypatch,
+        [*FAST, "--output_dir", out, "--seed", "1", "--learning_rate", "1e-2", "--resume_from_checkpoint", "true"],
+    )
     assert "the run is finished, nothing to do" in capsys.readouterr().out
     assert _snapshot(out) == first and not (out / "checkpoint-3").exists()
 
     # case 1: another run (other lr and seed) resuming from this folder's checkpoints is refused
     with pytest.raises(ValueError, match=r"written by another run.*learning_rate: 0.01 there, 0.001 now"):
-        _recipe(monkeypatch, [*FAST, "--output_dir", out, "--seed", "2", "--learning_rate", "1e-3",
-                              "--resume_from_checkpoint", "true"])
+        _recipe(
+            monkeypatch,
+            [*FAST, "--output_dir", out, "--seed", "2", "--learning_rate", "1e-3", "--resume_from_checkpoint", "true"],
+        )
     assert _snapshot(out) == first
 
     # case 2: a run that fails while writing its final folder leaves the previous one whole
@@ -85,9 +110,12 @@ def test_used_output_dir(tmp_path, monkeypatch, capsys):
 
 # -- case 4: two runs at once -----------------------------------------------------------------------------------
 
+
 def test_second_recipe_run_into_a_busy_output_dir_fails_before_any_work(tmp_path, monkeypatch):
-    hold = ("import sys, time\nfrom perft_peft.trainer.output_dir import output_dir_lock\n"
-            "with output_dir_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)\n")
+    hold = (
+        "import sys, time\nfrom perft_peft.trainer.output_dir import output_dir_lock\n"
+        "with output_dir_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)\n"
+    )
     holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -100,6 +128,7 @@ def test_second_recipe_run_into_a_busy_output_dir_fails_before_any_work(tmp_path
 
 
 # -- case 6: masking that leaves no label; cutoff_len beyond the model ---------------------------------------------
+
 
 def _records(n, instruction_words):
     from datasets import Dataset
@@ -127,6 +156,7 @@ def test_cutoff_len_beyond_the_model(tmp_path, monkeypatch):
 
 # -- case 7: --tiny with --data; a tiny base of another family ------------------------------------------------------
 
+
 def test_tiny_refuses_data(capsys):
     assert "cannot use --data" in _parse_error(["--tiny", "--data", "mine.json"], capsys)
 
@@ -140,14 +170,18 @@ def test_tiny_base_of_another_family_is_refused(tmp_path):
 
 # -- cases 8, 15: numbers ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv, message", [
-    (["--batch_size", "-4"], "--batch_size must be > 0, got -4"),
-    (["--micro_batch_size", "0"], "--micro_batch_size must be > 0, got 0"),
-    (["--learning_rate", "nan"], "--learning_rate must be a finite number"),
-    (["--cutoff_len", "0"], "--cutoff_len must be > 0"),
-    (["--max_steps", "0"], "--max_steps must be a positive number of steps"),
-    (["--warmup_steps", "-1"], "--warmup_steps must be >= 0"),
-])
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch_size", "-4"], "--batch_size must be > 0, got -4"),
+        (["--micro_batch_size", "0"], "--micro_batch_size must be > 0, got 0"),
+        (["--learning_rate", "nan"], "--learning_rate must be a finite number"),
+        (["--cutoff_len", "0"], "--cutoff_len must be > 0"),
+        (["--max_steps", "0"], "--max_steps must be a positive number of steps"),
+        (["--warmup_steps", "-1"], "--warmup_steps must be >= 0"),
+    ],
+)
 def test_numeric_flags(argv, message, capsys):
     assert message in _parse_error(["--tiny", *argv], capsys)
 
@@ -167,9 +201,14 @@ def test_training_arguments_must_be_finite(tmp_path, name):
         PerftTrainingArguments(output_dir=str(tmp_path), use_cpu=True, **{name: math.nan})
 
 
-@pytest.mark.parametrize("config", [PerftConfig(variant="S", layers_to_transform=[1, 5]),
-                                    LoraCoeConfig(target_modules=["q_proj"], layers_to_transform=[1, 5])],
-                         ids=["perft", "loracoe"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        PerftConfig(variant="S", layers_to_transform=[1, 5]),
+        LoraCoeConfig(target_modules=["q_proj"], layers_to_transform=[1, 5]),
+    ],
+    ids=["perft", "loracoe"],
+)
 def test_layers_to_transform_beyond_the_model(config):
     model = base_model()
     with pytest.raises(ValueError, match=r"layers_to_transform=\[1, 5\]: MixtralForCausalLM has 2 layers"):
@@ -179,23 +218,31 @@ def test_layers_to_transform_beyond_the_model(config):
 
 # -- case 12: PERFT on a module that is no MoE experts module -------------------------------------------------------
 
+
 def test_perft_target_that_is_no_experts_module():
     model = base_model()
-    with pytest.raises(ValueError, match=r"model.layers.0.self_attn.k_proj \(Linear\) is neither an MoE experts "
-                                         "module nor a block holding one"):
+    with pytest.raises(
+        ValueError,
+        match=r"model.layers.0.self_attn.k_proj \(Linear\) is neither an MoE experts "
+        "module nor a block holding one",
+    ):
         get_peft_model(model, PerftConfig(variant="R", target_modules=["k_proj"]))
     assert not any("perft" in n for n, _ in model.named_parameters())
 
 
 # -- case 13: broken data files ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, text, message", [
-    ("empty.json", "", "the file is empty"),
-    ("list.json", "[]", "holds an empty list"),
-    ("cut.json", '[{"instruction": "a", "input": "", "output": "b"}, {"instr', "not valid JSON"),
-    ("strings.json", '["hello"]', "record 0 is a str"),
-    ("mixed.jsonl", '{"instruction": "a", "input": "", "output": "b"}\n"x"\n', "record 1 is a str"),
-])
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("empty.json", "", "the file is empty"),
+        ("list.json", "[]", "holds an empty list"),
+        ("cut.json", '[{"instruction": "a", "input": "", "output": "b"}, {"instr', "not valid JSON"),
+        ("strings.json", '["hello"]', "record 0 is a str"),
+        ("mixed.jsonl", '{"instruction": "a", "input": "", "output": "b"}\n"x"\n', "record 1 is a str"),
+    ],
+)
 def test_broken_data_files(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
     with pytest.raises(RecordError, match=rf"{name}: {message}"):
@@ -204,12 +251,24 @@ def test_broken_data_files(tmp_path, name, text, message):
 
 # -- case 16: the evaluation CLI checks the records before loading a model -------------------------------------------
 
+
 def test_evaluation_cli_checks_records_before_loading(tmp_path, capsys):
     (tmp_path / "boolq").mkdir()
     (tmp_path / "boolq" / "test.json").write_text(json.dumps([{"instruction": "q", "input": "", "output": "o"}]))
     with pytest.raises(SystemExit):
-        cli.parse(cli.parser(""), ["--adapter", "nonexistent", "--data_dir", str(tmp_path), "--benchmarks", "boolq",
-                                   "--output_dir", str(tmp_path / "eval")])
+        cli.parse(
+            cli.parser(""),
+            [
+                "--adapter",
+                "nonexistent",
+                "--data_dir",
+                str(tmp_path),
+                "--benchmarks",
+                "boolq",
+                "--output_dir",
+                str(tmp_path / "eval"),
+            ],
+        )
     assert "boolq/test.json: record 0 has no 'answer' field" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.parse(cli.parser(""), ["--adapter", "a", "--data_dir", str(tmp_path / "none"), "--output_dir", "o"])

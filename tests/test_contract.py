@@ -61,8 +61,10 @@ def _loracoe_saved(tensors, config, model):
         linear = model.get_submodule(module.removeprefix("base_model.model."))
         d_in, d_out = linear.in_features, linear.out_features
         router = E * r if config.construction == "composition" else E
-        assert tuple(value.shape) == {"loracoe_A": (r, d_in), "loracoe_B": (d_out, r),
-                                      "loracoe_router": (router, d_in)}[name], key
+        assert (
+            tuple(value.shape)
+            == {"loracoe_A": (r, d_in), "loracoe_B": (d_out, r), "loracoe_router": (router, d_in)}[name]
+        ), key
 
 
 PERFT_BAD = [
@@ -76,13 +78,19 @@ PERFT_BAD = [
     (dict(lora_dropout=1.0), r"lora_dropout must be in \[0, 1\)"),
 ]
 PERFT_VARIANT_BAD = {
-    "R": [(dict(num_experts=2, top_k=3), "top_k=3 is larger than num_experts=2"),
-          (dict(num_experts=0), "num_experts must be a positive integer")],
-    "E": [(dict(num_experts=4), "PERFT-E does not take `num_experts`"),
-          (dict(top_k=1), "PERFT-E does not take `top_k`")],
+    "R": [
+        (dict(num_experts=2, top_k=3), "top_k=3 is larger than num_experts=2"),
+        (dict(num_experts=0), "num_experts must be a positive integer"),
+    ],
+    "E": [
+        (dict(num_experts=4), "PERFT-E does not take `num_experts`"),
+        (dict(top_k=1), "PERFT-E does not take `top_k`"),
+    ],
     "D": [(dict(top_k=2), "PERFT-D activates all its experts")],
-    "S": [(dict(num_experts=2), "PERFT-S does not take `num_experts`"),
-          (dict(top_k=1), "PERFT-S does not take `top_k`")],
+    "S": [
+        (dict(num_experts=2), "PERFT-S does not take `num_experts`"),
+        (dict(top_k=1), "PERFT-S does not take `top_k`"),
+    ],
 }
 LORACOE_BAD = [
     (dict(composition_scale="sqrt"), "composition_scale"),
@@ -98,21 +106,42 @@ def _warmup(model):
     set_loracoe_phase(model, "warmup")
 
 
-CASES = [Case(f"perft-{variant}-{expert_type}", PerftConfig,
-              dict(variant=variant, r=4, expert_type=expert_type, adapter_act="gelu", **VARIANT_KWARGS[variant]),
-              "perft_", (TypeError, "cannot be folded"), PERFT_BAD + PERFT_VARIANT_BAD[variant],
-              ("nonexistent", "matched no module"), check_saved=_perft_saved)
-         for variant in "REDS" for expert_type in ("lora", "adapter")]
-CASES += [Case(f"loracoe-{construction}", LoraCoeConfig,
-               dict(construction=construction, r=4, lora_alpha=8, num_experts=2, target_modules=["q_proj", "v_proj"]),
-               "loracoe_", (ValueError, "joint phase"),
-               LORACOE_BAD + ([(dict(r=6, num_experts=4), "divisible")] if construction == "partition" else []),
-               ("post_attention_layernorm", "nn.Linear modules only"), mergeable=_warmup, check_saved=_loracoe_saved)
-          for construction in ("composition", "partition")]
+CASES = [
+    Case(
+        f"perft-{variant}-{expert_type}",
+        PerftConfig,
+        dict(variant=variant, r=4, expert_type=expert_type, adapter_act="gelu", **VARIANT_KWARGS[variant]),
+        "perft_",
+        (TypeError, "cannot be folded"),
+        PERFT_BAD + PERFT_VARIANT_BAD[variant],
+        ("nonexistent", "matched no module"),
+        check_saved=_perft_saved,
+    )
+    for variant in "REDS"
+    for expert_type in ("lora", "adapter")
+]
+CASES += [
+    Case(
+        f"loracoe-{construction}",
+        LoraCoeConfig,
+        dict(construction=construction, r=4, lora_alpha=8, num_experts=2, target_modules=["q_proj", "v_proj"]),
+        "loracoe_",
+        (ValueError, "joint phase"),
+        LORACOE_BAD + ([(dict(r=6, num_experts=4), "divisible")] if construction == "partition" else []),
+        ("post_attention_layernorm", "nn.Linear modules only"),
+        mergeable=_warmup,
+        check_saved=_loracoe_saved,
+    )
+    for construction in ("composition", "partition")
+]
 cases = pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-FAMILY_CASES = [replace(case, name=f"{case.name}-{family}", family=family)
-                for case in CASES if case.name.startswith("perft-") and case.name.endswith("-lora")
-                for family in FAMILIES if family != "mixtral"]
+FAMILY_CASES = [
+    replace(case, name=f"{case.name}-{family}", family=family)
+    for case in CASES
+    if case.name.startswith("perft-") and case.name.endswith("-lora")
+    for family in FAMILIES
+    if family != "mixtral"
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -153,14 +182,18 @@ def without_auto_mapping(config):
 
 # -- save / load ---------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("case", CASES + FAMILY_CASES, ids=[case.name for case in CASES + FAMILY_CASES])
 def test_save_pretrained_and_from_pretrained(case, input_ids, tmp_path):
     model = adapted(case)
     expected = logits(model, input_ids)
     assert not torch.allclose(expected, logits(case.base(), input_ids), atol=1e-4), "the adapter must act"
     model.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "adapter_config.json",
-                                                          "adapter_model.safetensors"]  # safetensors only
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]  # safetensors only
     tensors = load_file(str(tmp_path / "adapter_model.safetensors"))
     assert all(case.prefix in key for key in tensors)
     config = PeftConfig.from_pretrained(tmp_path)
@@ -172,8 +205,9 @@ def test_save_pretrained_and_from_pretrained(case, input_ids, tmp_path):
         loaded = PeftModel.from_pretrained(case.base(), tmp_path, **kwargs)
         torch.testing.assert_close(logits(loaded, input_ids), expected, atol=0, rtol=0)
         trainable = {n for n, p in loaded.named_parameters() if p.requires_grad}
-        assert trainable == ({n for n, _ in loaded.named_parameters() if case.prefix in n}
-                             if kwargs.get("is_trainable") else set()), kwargs
+        assert trainable == (
+            {n for n, _ in loaded.named_parameters() if case.prefix in n} if kwargs.get("is_trainable") else set()
+        ), kwargs
 
 
 @cases
@@ -192,6 +226,7 @@ def test_auto_peft_model_and_transformers_load_adapter(case, input_ids, tmp_path
 
 
 # -- several adapters ------------------------------------------------------------------------------------------------
+
 
 def partner(case):
     """Another case of the same method (next in the matrix): a second adapter of a different kind."""
@@ -227,6 +262,7 @@ def test_two_adapters_switch_save_reload_delete(case, input_ids, tmp_path):
 
 
 # -- disable, generate, unload, merge -------------------------------------------------------------------------------
+
 
 @cases
 def test_disable_generate_unload(case, input_ids):
@@ -284,6 +320,7 @@ def test_merge(case, input_ids):
 
 # -- adapter names and bad input: a clear error, the model left as it was -------------------------------------------
 
+
 def untouched(model):
     return not tuner_layers(model) and not hasattr(model, "peft_config")
 
@@ -308,10 +345,15 @@ def test_adapter_names_peft_forbids(case, name, input_ids):
     torch.testing.assert_close(logits(model, input_ids), before, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("case, overrides, message",
-                         [(case, overrides, message) for case in CASES for overrides, message in case.bad_configs],
-                         ids=[f"{case.name}-{'-'.join(f'{k}={v}' for k, v in overrides.items())}"
-                              for case in CASES for overrides, _ in case.bad_configs])
+@pytest.mark.parametrize(
+    "case, overrides, message",
+    [(case, overrides, message) for case in CASES for overrides, message in case.bad_configs],
+    ids=[
+        f"{case.name}-{'-'.join(f'{k}={v}' for k, v in overrides.items())}"
+        for case in CASES
+        for overrides, _ in case.bad_configs
+    ],
+)
 def test_bad_config(case, overrides, message):
     with pytest.raises(ValueError, match=message):
         case.config(**overrides)

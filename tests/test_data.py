@@ -60,6 +60,7 @@ def words(tokenizer, text):
 
 # --- templates ---------------------------------------------------------------------------------------------------
 
+
 def test_training_template_is_llm_adapters_byte_for_byte():
     assert generate_prompt(WITH_INPUT) == TRAIN_WITH_INPUT
     assert generate_prompt(NO_INPUT) == TRAIN_NO_INPUT
@@ -83,6 +84,7 @@ def test_extract_response():
 
 
 # --- tokenisation ------------------------------------------------------------------------------------------------
+
 
 def test_labels_mask_exactly_the_prompt_tokens(tok):
     record = {"instruction": "w1 w2", "input": "w3", "output": "o1 o2 o3"}
@@ -133,10 +135,12 @@ def test_truncation_and_eos_rules(tok):
 
 # --- collator ----------------------------------------------------------------------------------------------------
 
+
 def _features(tok):
     short = tokenize_example({"instruction": "w1", "input": "", "output": "o1"}, tok, train_on_inputs=False)
-    long = tokenize_example({"instruction": "w1 w2 w3 w4", "input": "w1", "output": "o1 o2 o3"}, tok,
-                            train_on_inputs=False)
+    long = tokenize_example(
+        {"instruction": "w1 w2 w3 w4", "input": "w1", "output": "o1 o2 o3"}, tok, train_on_inputs=False
+    )
     return short, long
 
 
@@ -171,6 +175,7 @@ def test_collator_needs_a_pad_token():
 
 # --- loading -----------------------------------------------------------------------------------------------------
 
+
 def _write(path, records, jsonl=False):
     path.write_text("\n".join(json.dumps(r) for r in records) if jsonl else json.dumps(records))
     return path
@@ -181,8 +186,9 @@ def test_load_local_json_jsonl_and_directory(tmp_path):
     records = [WITH_INPUT, NO_INPUT]
     ds = load_llm_adapters_dataset(_write(tmp_path / "train.json", records), cache_dir=cache)
     assert len(ds) == 2 and ds[0] == WITH_INPUT and set(ds.column_names) == {"instruction", "input", "output", "answer"}
-    ds = load_llm_adapters_dataset(str(_write(tmp_path / "data.jsonl", records, jsonl=True)), split="test",
-                                   cache_dir=cache)
+    ds = load_llm_adapters_dataset(
+        str(_write(tmp_path / "data.jsonl", records, jsonl=True)), split="test", cache_dir=cache
+    )
     assert ds[1] == NO_INPUT and ds.split == "test"
     task = tmp_path / "boolq"  # LLM-Adapters' dataset/<name>/test.json layout
     task.mkdir()
@@ -228,8 +234,14 @@ def test_records_without_required_fields_name_the_field_and_record(tmp_path):
 
 # --- fixtures ----------------------------------------------------------------------------------------------------
 
-EVAL_ANSWERS = {"boolq": r"true|false", "piqa": r"solution[12]", "social_i_qa": r"answer[123]",
-                "hellaswag": r"ending[1-4]", "winogrande": r"option[12]", "gsm8k": r"\d+\.0"}
+EVAL_ANSWERS = {
+    "boolq": r"true|false",
+    "piqa": r"solution[12]",
+    "social_i_qa": r"answer[123]",
+    "hellaswag": r"ending[1-4]",
+    "winogrande": r"option[12]",
+    "gsm8k": r"\d+\.0",
+}
 
 
 def test_fixtures_load_and_follow_llm_adapters_formats(tmp_path):

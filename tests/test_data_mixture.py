@@ -9,8 +9,8 @@ import pytest
 
 from perft_peft.data import (
     ORCA_MATH_FIXTURE,
-    MixturePart,
     TRAIN_TEMPLATE_NO_INPUT,
+    MixturePart,
     RecordError,
     fixture_path,
     generate_prompt,
@@ -33,8 +33,7 @@ def key(record):
 
 
 def test_sizes_sources_and_seed(cache):
-    mixture = loracoe_mixture(COMMONSENSE, ORCA_MATH_FIXTURE, commonsense_size=10, math_size=8, seed=3,
-                              cache_dir=cache)
+    mixture = loracoe_mixture(COMMONSENSE, ORCA_MATH_FIXTURE, commonsense_size=10, math_size=8, seed=3, cache_dir=cache)
     assert mixture.column_names == ["instruction", "input", "output"] and len(mixture) == 18
     orca = {(r["question"], r["answer"]) for r in ORCA}
     commonsense = {key(r) for r in json.loads(COMMONSENSE.read_text())}
@@ -94,11 +93,14 @@ def test_recipe_uses_the_mixture_with_the_papers_sizes(tmp_path):
     loracoe = runpy.run_path(str(RECIPE), run_name="help")
     args = loracoe["parse"](["--model", "m", "--output_dir", str(tmp_path)])
     parts = loracoe["mixture_parts"](args)
-    assert parts == [MixturePart("commonsense_170k.json", 75_000),
-                     MixturePart("microsoft/orca-math-word-problems-200k", 75_000, "orca_math")]
+    assert parts == [
+        MixturePart("commonsense_170k.json", 75_000),
+        MixturePart("microsoft/orca-math-word-problems-200k", 75_000, "orca_math"),
+    ]
     args = loracoe["parse"](["--tiny", "--output_dir", str(tmp_path)])
-    assert loracoe["mixture_parts"](args) == [MixturePart(COMMONSENSE), MixturePart(ORCA_MATH_FIXTURE,
-                                                                                      format="orca_math")]
-    args = loracoe["parse"](["--model", "m", "--output_dir", str(tmp_path), "--math_data", "none",
-                             "--data_size", "0"])
+    assert loracoe["mixture_parts"](args) == [
+        MixturePart(COMMONSENSE),
+        MixturePart(ORCA_MATH_FIXTURE, format="orca_math"),
+    ]
+    args = loracoe["parse"](["--model", "m", "--output_dir", str(tmp_path), "--math_data", "none", "--data_size", "0"])
     assert loracoe["mixture_parts"](args) == [MixturePart("commonsense_170k.json")]

@@ -23,8 +23,10 @@ CODE_SPAN = re.compile(r"(`+)(.+?)\1")
 # A cited document: docs/<page>.md, or an upper-case document name such as DESIGN.md or README.md.
 DOC_REF = re.compile(r"(?<![\w/.-])((?:docs/[\w.-]+|[A-Z][A-Z0-9_-]*)\.md)\b")
 # A cited section: `docs/<page>.md, section "Title"`, `docs/<page>.md "Title"`, `README "Title"` and the like.
-SECTION_REF = re.compile(r"(?<![\w/.-])(docs/[\w.-]+\.md|README(?:\.md)?)(?:'s)?[,:]?\s+(?:section\s+)?"
-                         r"(?:\"([^\"\n]+)\"|'([^'\n]+)'|“([^”\n]+)”)")
+SECTION_REF = re.compile(
+    r"(?<![\w/.-])(docs/[\w.-]+\.md|README(?:\.md)?)(?:'s)?[,:]?\s+(?:section\s+)?"
+    r"(?:\"([^\"\n]+)\"|'([^'\n]+)'|“([^”\n]+)”)"
+)
 
 
 def prose_lines(text):
@@ -42,8 +44,7 @@ def slug(heading):
     """GitHub's anchor for a heading: rendered text, lower-cased, punctuation dropped, spaces to hyphens."""
     text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link's text only
     text = CODE_SPAN.sub(lambda m: m.group(2), text).replace("*", "")
-    text = "".join(c for c in text.strip().lower()
-                   if c in " -_" or unicodedata.category(c)[0] in "LNM")
+    text = "".join(c for c in text.strip().lower() if c in " -_" or unicodedata.category(c)[0] in "LNM")
     return text.replace(" ", "-")
 
 
@@ -62,9 +63,11 @@ def anchors(path):
 
 def headings(path):
     """The text of every heading of a markdown file, code spans unwrapped."""
-    return {CODE_SPAN.sub(lambda m: m.group(2), m.group(1)).strip()
-            for line in prose_lines(path.read_text(encoding="utf-8"))
-            if (m := re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line))}
+    return {
+        CODE_SPAN.sub(lambda m: m.group(2), m.group(1)).strip()
+        for line in prose_lines(path.read_text(encoding="utf-8"))
+        if (m := re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line))
+    }
 
 
 def dead_links(page):
@@ -87,8 +90,13 @@ def code_files():
     yield from (ROOT / name for name in CODE_FILES if (ROOT / name).is_file())
     for folder in CODE_DIRS:
         for path in sorted((ROOT / folder).rglob("*")):
-            if (path.suffix in CODE_SUFFIXES and path.is_file() and path != Path(__file__).resolve()
-                    and "results" not in path.relative_to(ROOT).parts and ".venv" not in path.parts):
+            if (
+                path.suffix in CODE_SUFFIXES
+                and path.is_file()
+                and path != Path(__file__).resolve()
+                and "results" not in path.relative_to(ROOT).parts
+                and ".venv" not in path.parts
+            ):
                 yield path
 
 
@@ -112,13 +120,18 @@ def dead_references(path):
 def test_relative_links_resolve(page):
     assert page.exists(), f"{page.relative_to(ROOT)} is missing"
     dead = dead_links(page)
-    assert not dead, "dead links in " + str(page.relative_to(ROOT)) + ":\n" + "\n".join(f"  ({t}): {why}" for t, why in dead)
+    assert not dead, (
+        "dead links in " + str(page.relative_to(ROOT)) + ":\n" + "\n".join(f"  ({t}): {why}" for t, why in dead)
+    )
 
 
 def test_every_docs_page_is_linked_from_the_readme():
     readme = ROOT / "README.md"
-    linked = {(readme.parent / target.partition("#")[0]).resolve()
-              for line in prose_lines(readme.read_text(encoding="utf-8")) for target in LINK.findall(line)}
+    linked = {
+        (readme.parent / target.partition("#")[0]).resolve()
+        for line in prose_lines(readme.read_text(encoding="utf-8"))
+        for target in LINK.findall(line)
+    }
     unlinked = [p.name for p in PAGES if p.parent == ROOT / "docs" and p.resolve() not in linked]
     assert not unlinked, f"docs pages the README does not link to: {unlinked}"
 
@@ -126,7 +139,8 @@ def test_every_docs_page_is_linked_from_the_readme():
 def test_code_cites_only_documents_that_exist():
     dead = {str(path.relative_to(ROOT)): refs for path in code_files() if (refs := dead_references(path))}
     assert not dead, "documents cited but missing:\n" + "\n".join(
-        f"  {path}: {ref} ({why})" for path, refs in dead.items() for ref, why in refs)
+        f"  {path}: {ref} ({why})" for path, refs in dead.items() for ref, why in refs
+    )
 
 
 def test_the_checks_catch_what_they_should(tmp_path, monkeypatch):
@@ -134,13 +148,21 @@ def test_the_checks_catch_what_they_should(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     (tmp_path / "docs").mkdir()
     page = tmp_path / "docs" / "a.md"
-    page.write_text("# A page\n\n## Training data (`x.data`)\n\n## Training data (`x.data`)\n\n"
-                    "[ok](#training-data-xdata) [ok](#training-data-xdata-1) [ok](a.md#a-page) [web](https://x.y)\n"
-                    "[gone](b.md) [bad anchor](#training-data) `[in code](c.md)`\n"
-                    "```\n[in a fence](d.md)\n```\n", encoding="utf-8")
-    assert dead_links(page) == [("b.md", "no file docs/b.md"),
-                                ("#training-data", "no heading with anchor #training-data in docs/a.md")]
+    page.write_text(
+        "# A page\n\n## Training data (`x.data`)\n\n## Training data (`x.data`)\n\n"
+        "[ok](#training-data-xdata) [ok](#training-data-xdata-1) [ok](a.md#a-page) [web](https://x.y)\n"
+        "[gone](b.md) [bad anchor](#training-data) `[in code](c.md)`\n"
+        "```\n[in a fence](d.md)\n```\n",
+        encoding="utf-8",
+    )
+    assert dead_links(page) == [
+        ("b.md", "no file docs/b.md"),
+        ("#training-data", "no heading with anchor #training-data in docs/a.md"),
+    ]
     code = tmp_path / "code.py"
     code.write_text('"""See docs/a.md, section "A page", docs/a.md "Nope", DESIGN.md and docs/b.md."""\n')
-    assert dead_references(code) == [("DESIGN.md", "no such file"), ("docs/b.md", "no such file"),
-                                     ('docs/a.md "Nope"', "no such heading in docs/a.md")]
+    assert dead_references(code) == [
+        ("DESIGN.md", "no such file"),
+        ("docs/b.md", "no such file"),
+        ('docs/a.md "Nope"', "no such heading in docs/a.md"),
+    ]

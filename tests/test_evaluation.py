@@ -19,6 +19,7 @@ from perft_peft.evaluation import (
     METRIC_PATH,
     BenchmarkResult,
     EvalReport,
+    cli,
     evaluate_benchmarks,
     evaluation_generation_config,
     fixture_benchmarks,
@@ -28,13 +29,17 @@ from perft_peft.evaluation import (
     last_number,
     load_accuracy_metric,
 )
-from perft_peft.evaluation import cli
 from perft_peft.testing import tiny_moe
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-       "TOKENIZERS_PARALLELISM": "false"}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 # (benchmark, model response, what LLM-Adapters' extract_answer returns). The expected values were obtained by
 # running commonsense_evaluate.py's extract_answer on these strings, and are written out here.
@@ -124,33 +129,50 @@ def test_label_scoring_is_exact_match():
     assert not is_correct("c", "C", numeric=False)
 
 
-@pytest.mark.parametrize("prediction, reference, correct", [
-    (18.0, "18.0", True),
-    (18.0009, "18.0", True),  # |diff| <= 0.001, as evaluate.py's miss = 0.001
-    (18.0011, "18.0", False),
-    (18.001, "18.0", False),  # in floats |18.001 - 18| = 0.0010000000000012 > 0.001: False in LLM-Adapters too
-    (0.667, "0.6666666666666666", True),  # AddSub stores thirds to 16 digits
-    (0.67, "0.6666666666666666", False),
-    (-10.0, "-10.0", True),
-    (10.0, "-10.0", False),
-    (4.0, "4", True),  # AddSub answers have no ".0"
-    (None, "18.0", False),  # no number
-])
+@pytest.mark.parametrize(
+    "prediction, reference, correct",
+    [
+        (18.0, "18.0", True),
+        (18.0009, "18.0", True),  # |diff| <= 0.001, as evaluate.py's miss = 0.001
+        (18.0011, "18.0", False),
+        (18.001, "18.0", False),  # in floats |18.001 - 18| = 0.0010000000000012 > 0.001: False in LLM-Adapters too
+        (0.667, "0.6666666666666666", True),  # AddSub stores thirds to 16 digits
+        (0.67, "0.6666666666666666", False),
+        (-10.0, "-10.0", True),
+        (10.0, "-10.0", False),
+        (4.0, "4", True),  # AddSub answers have no ".0"
+        (None, "18.0", False),  # no number
+    ],
+)
 def test_number_tolerance(prediction, reference, correct):
     assert is_correct(prediction, reference, numeric=True) is correct
 
 
 def test_benchmarks_follow_llm_adapters():
-    assert list(BENCHMARKS) == ["boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy",
-                                "ARC-Challenge", "openbookqa", "MultiArith", "gsm8k", "AddSub", "AQuA", "SingleEq",
-                                "SVAMP"]
+    assert list(BENCHMARKS) == [
+        "boolq",
+        "piqa",
+        "social_i_qa",
+        "hellaswag",
+        "winogrande",
+        "ARC-Easy",
+        "ARC-Challenge",
+        "openbookqa",
+        "MultiArith",
+        "gsm8k",
+        "AddSub",
+        "AQuA",
+        "SingleEq",
+        "SVAMP",
+    ]
     domains = {b.name: b.domain for b in BENCHMARKS.values()}
     assert [n for n, d in domains.items() if d == "commonsense"] == list(BENCHMARKS)[:8]
     # commonsense_evaluate.py: 4 beams, 32 new tokens; evaluate.py: 4 beams, 256 new tokens.
     assert {(b.domain, b.num_beams, b.max_new_tokens) for b in BENCHMARKS.values()} == {
-        ("commonsense", 4, 32), ("arithmetic", 4, 256)}
-    assert [b.name for b in BENCHMARKS.values() if b.numeric] == ["MultiArith", "gsm8k", "AddSub", "SingleEq",
-                                                                  "SVAMP"]
+        ("commonsense", 4, 32),
+        ("arithmetic", 4, 256),
+    }
+    assert [b.name for b in BENCHMARKS.values() if b.numeric] == ["MultiArith", "gsm8k", "AddSub", "SingleEq", "SVAMP"]
     answer_tasks = {"social_i_qa", "ARC-Easy", "ARC-Challenge", "openbookqa"}
     assert {b.name for b in BENCHMARKS.values() if b.extract == get_benchmark("obqa").extract} == answer_tasks
     assert get_benchmark("SIQA").name == "social_i_qa" and get_benchmark("arc-e").name == "ARC-Easy"
@@ -176,10 +198,16 @@ def test_metric_module_loads_by_path_offline(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     labels = evaluate.load(str(METRIC_PATH))
     numbers = evaluate.load(str(METRIC_PATH), config_name="number")
-    assert labels.compute(predictions=["true", "", "answer2", "C"], references=["true", "false", "answer3", "C"]) \
-        == {"accuracy": 0.5, "correct": 2, "total": 4}
-    assert numbers.compute(predictions=[None, 18.0005, 3.0, -2.0], references=["18.0", "18.0", "3", "2.0"]) \
-        == {"accuracy": 0.5, "correct": 2, "total": 4}
+    assert labels.compute(predictions=["true", "", "answer2", "C"], references=["true", "false", "answer3", "C"]) == {
+        "accuracy": 0.5,
+        "correct": 2,
+        "total": 4,
+    }
+    assert numbers.compute(predictions=[None, 18.0005, 3.0, -2.0], references=["18.0", "18.0", "3", "2.0"]) == {
+        "accuracy": 0.5,
+        "correct": 2,
+        "total": 4,
+    }
     with pytest.raises(ValueError, match="config_name must be one of"):
         evaluate.load(str(METRIC_PATH), config_name="fuzzy")
 
@@ -197,8 +225,16 @@ def _result(name, correct, total=8):
 
 
 def test_report_averages_markdown_and_json(tmp_path):
-    commonsense = {"boolq": 6, "piqa": 5, "social_i_qa": 4, "hellaswag": 3, "winogrande": 2, "ARC-Easy": 8,
-                   "ARC-Challenge": 1, "openbookqa": 7}
+    commonsense = {
+        "boolq": 6,
+        "piqa": 5,
+        "social_i_qa": 4,
+        "hellaswag": 3,
+        "winogrande": 2,
+        "ARC-Easy": 8,
+        "ARC-Challenge": 1,
+        "openbookqa": 7,
+    }
     results = {**{n: _result(n, c) for n, c in commonsense.items()}, "gsm8k": _result("gsm8k", 1, total=4)}
     report = EvalReport(dict(reversed(results.items())), model_name="olmoe-perft-r", settings={"limit": None})
     assert list(report.results) == [*commonsense, "gsm8k"]  # the papers' order, whatever the input order
@@ -213,14 +249,21 @@ def test_report_averages_markdown_and_json(tmp_path):
     assert "Avg. over the 1 of 6 benchmarks evaluated" in markdown  # partial AR flagged ...
     assert "of 8 benchmarks" not in markdown  # ... complete CR not
     for start in (i for i, line in enumerate(lines) if line.startswith("| Model")):
-        header, separator, row = lines[start:start + 3]
+        header, separator, row = lines[start : start + 3]
         assert header.count("|") == separator.count("|") == row.count("|")
 
     report.to_json(tmp_path / "r.json")
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["averages"] == report.averages()
-    assert data["benchmarks"]["gsm8k"] == {"label": "GSM8K", "domain": "arithmetic", "accuracy": 25.0, "correct": 1,
-                                           "total": 4, "num_beams": 4, "max_new_tokens": 256}
+    assert data["benchmarks"]["gsm8k"] == {
+        "label": "GSM8K",
+        "domain": "arithmetic",
+        "accuracy": 25.0,
+        "correct": 1,
+        "total": 4,
+        "num_beams": 4,
+        "max_new_tokens": 256,
+    }
     assert EvalReport.from_json(tmp_path / "r.json").to_markdown() == markdown
 
     only_ar = EvalReport({"AQuA": _result("AQuA", 2)})
@@ -233,30 +276,35 @@ def tiny():
     dropout 0.5 (so generating in training mode would not be deterministic)."""
     tokenizer = tiny_word_tokenizer()
     base = tiny_moe("mixtral", vocab_size=len(tokenizer), max_position_embeddings=256)
-    model = get_peft_model(base, PerftConfig(variant="R", num_experts=4, top_k=2, init_weights=False,
-                                             lora_dropout=0.5))
+    model = get_peft_model(base, PerftConfig(variant="R", num_experts=4, top_k=2, init_weights=False, lora_dropout=0.5))
     return model, tokenizer
 
 
-INSTRUCTIONS = [json.loads(fixture_path(n).read_text())[i]["instruction"]
-                for n, i in (("boolq", 0), ("hellaswag", 1), ("gsm8k", 2))]  # three different prompt lengths
+INSTRUCTIONS = [
+    json.loads(fixture_path(n).read_text())[i]["instruction"] for n, i in (("boolq", 0), ("hellaswag", 1), ("gsm8k", 2))
+]  # three different prompt lengths
 
 
 def test_batched_left_padded_generation_equals_one_at_a_time(tiny):
     model, tokenizer = tiny
     model.train()  # generation must switch dropout off, and give the mode back
-    batched = generate_responses(model, tokenizer, INSTRUCTIONS, num_beams=1, max_new_tokens=6, batch_size=3,
-                                 progress=False)
+    batched = generate_responses(
+        model, tokenizer, INSTRUCTIONS, num_beams=1, max_new_tokens=6, batch_size=3, progress=False
+    )
     assert model.training
-    single = [generate_responses(model, tokenizer, [i], num_beams=1, max_new_tokens=6, progress=False)[0]
-              for i in INSTRUCTIONS]
+    single = [
+        generate_responses(model, tokenizer, [i], num_beams=1, max_new_tokens=6, progress=False)[0]
+        for i in INSTRUCTIONS
+    ]
     assert batched == single and all(batched)
     with model.disable_adapter():  # the base model's answers differ: the adapter is really used
-        assert generate_responses(model, tokenizer, INSTRUCTIONS, num_beams=1, max_new_tokens=6,
-                                  progress=False) != batched
+        assert (
+            generate_responses(model, tokenizer, INSTRUCTIONS, num_beams=1, max_new_tokens=6, progress=False) != batched
+        )
     plain = tiny_moe("mixtral", vocab_size=len(tokenizer), max_position_embeddings=256)  # not a PeftModel
-    assert len(generate_responses(plain, tokenizer, INSTRUCTIONS[:2], num_beams=2, max_new_tokens=3,
-                                  progress=False)) == 2
+    assert (
+        len(generate_responses(plain, tokenizer, INSTRUCTIONS[:2], num_beams=2, max_new_tokens=3, progress=False)) == 2
+    )
 
 
 def test_generation_is_deterministic_whatever_the_checkpoint_config(tiny):
@@ -264,16 +312,17 @@ def test_generation_is_deterministic_whatever_the_checkpoint_config(tiny):
     config = evaluation_generation_config(model, tokenizer, num_beams=4, max_new_tokens=32)
     assert (config.num_beams, config.max_new_tokens, config.do_sample) == (4, 32, False)
     assert (config.pad_token_id, config.eos_token_id) == (0, 2)
-    reference = generate_responses(model, tokenizer, INSTRUCTIONS[:1], num_beams=1, max_new_tokens=24,
-                                   progress=False)
+    reference = generate_responses(model, tokenizer, INSTRUCTIONS[:1], num_beams=1, max_new_tokens=24, progress=False)
     assert len(set(reference[0].split())) < 24  # it repeats itself, so a repetition penalty would show
     # transformers 5 fills unset generation settings from the checkpoint's generation config: these must not leak.
     leaks = dict(do_sample=True, temperature=5.0, repetition_penalty=100.0)
     saved = {key: getattr(model.generation_config, key) for key in leaks}
     model.generation_config.update(**leaks)
     try:
-        runs = [generate_responses(model, tokenizer, INSTRUCTIONS[:1], num_beams=1, max_new_tokens=24,
-                                   progress=False) for _ in range(2)]
+        runs = [
+            generate_responses(model, tokenizer, INSTRUCTIONS[:1], num_beams=1, max_new_tokens=24, progress=False)
+            for _ in range(2)
+        ]
     finally:
         model.generation_config.update(**saved)
     assert runs[0] == runs[1] == reference
@@ -281,67 +330,89 @@ def test_generation_is_deterministic_whatever_the_checkpoint_config(tiny):
 
 def test_generation_stops_at_eos_and_drops_padding(tiny):
     model, tokenizer = tiny
-    free = generate_responses(model, tokenizer, INSTRUCTIONS, num_beams=1, max_new_tokens=6, batch_size=3,
-                              progress=False)
+    free = generate_responses(
+        model, tokenizer, INSTRUCTIONS, num_beams=1, max_new_tokens=6, batch_size=3, progress=False
+    )
     last = free[-1].split()
     stop = next(w for w in last[1:] if all(w not in r.split() for r in free[:-1]))  # only the last row says it
-    saved, model.generation_config.eos_token_id = model.generation_config.eos_token_id, \
-        tokenizer.convert_tokens_to_ids(stop)
+    saved, model.generation_config.eos_token_id = (
+        model.generation_config.eos_token_id,
+        tokenizer.convert_tokens_to_ids(stop),
+    )
     try:
-        stopped = generate_responses(model, tokenizer, INSTRUCTIONS, num_beams=1, max_new_tokens=6, batch_size=3,
-                                     progress=False)
+        stopped = generate_responses(
+            model, tokenizer, INSTRUCTIONS, num_beams=1, max_new_tokens=6, batch_size=3, progress=False
+        )
     finally:
         model.generation_config.eos_token_id = saved
     # The last row ends at its EOS and is padded while the others go on; the padding is not part of its answer.
-    assert stopped == [*free[:-1], " ".join(last[:last.index(stop) + 1])]
+    assert stopped == [*free[:-1], " ".join(last[: last.index(stop) + 1])]
     assert stopped[-1] != free[-1]
 
 
 def test_evaluate_benchmarks_scores_what_it_extracted(tiny):
     model, tokenizer = tiny
     records = json.loads(fixture_path("piqa").read_text())
-    report = evaluate_benchmarks(model, tokenizer, {"PIQA": records, "gsm8k": fixture_path("gsm8k")}, limit=3,
-                                 batch_size=2, greedy=True, max_new_tokens=4, model_name="tiny", progress=False)
+    report = evaluate_benchmarks(
+        model,
+        tokenizer,
+        {"PIQA": records, "gsm8k": fixture_path("gsm8k")},
+        limit=3,
+        batch_size=2,
+        greedy=True,
+        max_new_tokens=4,
+        model_name="tiny",
+        progress=False,
+    )
     assert list(report.results) == ["piqa", "gsm8k"]
     for name, result in report.results.items():
         assert (result.total, result.num_beams, result.max_new_tokens) == (3, 1, 4)
         assert result.correct == sum(e["correct"] for e in result.examples)
         for example in result.examples:
             assert example["prediction"] == BENCHMARKS[name].extract(example["response"])
-            assert example["correct"] == is_correct(example["prediction"], example["answer"],
-                                                    numeric=BENCHMARKS[name].numeric)
+            assert example["correct"] == is_correct(
+                example["prediction"], example["answer"], numeric=BENCHMARKS[name].numeric
+            )
     assert report.settings == {"batch_size": 2, "limit": 3, "greedy": True, "protocol": "llm-adapters"}
 
 
 RECORD = {"instruction": "q", "input": "", "output": "the correct answer is answer1", "answer": "answer1"}
 
 
-@pytest.mark.parametrize("benchmarks, kwargs, error, message", [
-    ({"mmlu": []}, {}, ValueError, "Unknown benchmark 'mmlu'"),
-    ({"siqa": "/nonexistent/social_i_qa"}, {}, FileNotFoundError, "No such data file"),
-    ({"gsm8k": [{**RECORD, "answer": "many"}]}, {}, ValueError, "not a number"),
-    ({"boolq": [{k: v for k, v in RECORD.items() if k != "answer"}]}, {}, ValueError, "'answer'"),
-    ({"siqa": [RECORD], "social_i_qa": [RECORD]}, {}, ValueError, "already in the benchmarks"),
-    ({}, {}, ValueError, "No benchmarks"),
-    ({"boolq": [RECORD]}, {"greedy": True, "num_beams": 4}, ValueError, "contradicts num_beams=4"),
-    ({"boolq": [RECORD]}, {"batch_size": 0}, ValueError, "batch_size must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "benchmarks, kwargs, error, message",
+    [
+        ({"mmlu": []}, {}, ValueError, "Unknown benchmark 'mmlu'"),
+        ({"siqa": "/nonexistent/social_i_qa"}, {}, FileNotFoundError, "No such data file"),
+        ({"gsm8k": [{**RECORD, "answer": "many"}]}, {}, ValueError, "not a number"),
+        ({"boolq": [{k: v for k, v in RECORD.items() if k != "answer"}]}, {}, ValueError, "'answer'"),
+        ({"siqa": [RECORD], "social_i_qa": [RECORD]}, {}, ValueError, "already in the benchmarks"),
+        ({}, {}, ValueError, "No benchmarks"),
+        ({"boolq": [RECORD]}, {"greedy": True, "num_beams": 4}, ValueError, "contradicts num_beams=4"),
+        ({"boolq": [RECORD]}, {"batch_size": 0}, ValueError, "batch_size must be at least 1"),
+    ],
+)
 def test_bad_input_fails_before_any_generation(benchmarks, kwargs, error, message):
     with pytest.raises(error, match=message):
         evaluate_benchmarks(None, None, benchmarks, **kwargs)  # no model: nothing may be generated
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--tiny"], "give --adapter"),
-    (["--base_model", "b", "--revision", "v1", "--tiny"], "there is no --adapter"),
-    (["--adapter", "a"], "give one of --data_dir"),
-    (["--adapter", "a", "--tiny", "--data_dir", "d"], "give one of --data_dir"),
-    (["--adapter", "a", "--tiny", "--benchmarks", "AQuA"], "no bundled test set for AQuA"),
-    (["--adapter", "a", "--tiny", "--benchmarks", "mmlu"], "Unknown benchmark"),
-    (["--adapter", "a", "--tiny", "--greedy", "--num_beams", "4"], "contradicts"),
-    (["--adapter", "a", "--data_dir", "/nonexistent", "--benchmarks", "boolq", "gsm8k"],
-     "missing test sets: /nonexistent/boolq/test.json, /nonexistent/gsm8k/test.json"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--tiny"], "give --adapter"),
+        (["--base_model", "b", "--revision", "v1", "--tiny"], "there is no --adapter"),
+        (["--adapter", "a"], "give one of --data_dir"),
+        (["--adapter", "a", "--tiny", "--data_dir", "d"], "give one of --data_dir"),
+        (["--adapter", "a", "--tiny", "--benchmarks", "AQuA"], "no bundled test set for AQuA"),
+        (["--adapter", "a", "--tiny", "--benchmarks", "mmlu"], "Unknown benchmark"),
+        (["--adapter", "a", "--tiny", "--greedy", "--num_beams", "4"], "contradicts"),
+        (
+            ["--adapter", "a", "--data_dir", "/nonexistent", "--benchmarks", "boolq", "gsm8k"],
+            "missing test sets: /nonexistent/boolq/test.json, /nonexistent/gsm8k/test.json",
+        ),
+    ],
+)
 def test_flag_errors(argv, message, capsys):
     parser = runpy.run_path(str(RECIPES / "evaluate.py"), run_name="flags")["p"]
     with pytest.raises(SystemExit):
@@ -357,22 +428,38 @@ def test_flags_find_the_test_sets(tmp_path):
     for name in ("ARC-Easy", "AQuA"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "test.json").write_text(json.dumps([RECORD]))  # parse checks the records too
-    real = cli.parse(parser, ["--base_model", "b", "--data_dir", str(tmp_path), "--benchmarks", "AQuA", "arc-e",
-                              "--output_dir", "o"])
+    real = cli.parse(
+        parser, ["--base_model", "b", "--data_dir", str(tmp_path), "--benchmarks", "AQuA", "arc-e", "--output_dir", "o"]
+    )
     assert real.sources == {"ARC-Easy": tmp_path / "ARC-Easy" / "test.json", "AQuA": tmp_path / "AQuA" / "test.json"}
 
 
 def _run(args):
-    result = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=ENV, cwd=ROOT,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, *map(str, args)], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 
 
 @pytest.mark.slow
 def test_tiny_train_then_evaluate(tmp_path):
     adapter, out = tmp_path / "run", tmp_path / "eval"
-    _run([RECIPES / "mixtral_perft_r.py", "--tiny", "--max_steps", "1", "--batch_size", "2", "--micro_batch_size",
-          "2", "--gradient_checkpointing", "false", "--output_dir", adapter])
+    _run(
+        [
+            RECIPES / "mixtral_perft_r.py",
+            "--tiny",
+            "--max_steps",
+            "1",
+            "--batch_size",
+            "2",
+            "--micro_batch_size",
+            "2",
+            "--gradient_checkpointing",
+            "false",
+            "--output_dir",
+            adapter,
+        ]
+    )
     _run([RECIPES / "evaluate.py", "--adapter", adapter, "--tiny", "--limit", "4", "--output_dir", out])
 
     results = json.loads((out / "eval_results.json").read_text())

@@ -15,9 +15,11 @@ from perft_peft.testing import tiny_moe
 
 # commonsense/commonsense_evaluate.py, generate_prompt (no input), written out byte for byte: one space after
 # "request.", empty lines, 16-space indentation, and the answer's start after the response marker.
-PERFT_PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
-                "request. \n\n                ### Instruction:\n                {instruction}\n\n"
-                "                ### Response:\n                the correct answer is")
+PERFT_PROMPT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the "
+    "request. \n\n                ### Instruction:\n                {instruction}\n\n"
+    "                ### Response:\n                the correct answer is"
+)
 LLM_ADAPTERS_PROMPT = PERFT_PROMPT.removesuffix("the correct answer is")
 
 
@@ -42,7 +44,7 @@ class ScriptedModel:
     def generate(self, input_ids, attention_mask, generation_config):
         self.prompts += self.tokenizer.batch_decode(input_ids, skip_special_tokens=True)
         self.lengths.append(generation_config.max_new_tokens)
-        new = self.tokenizer.convert_tokens_to_ids(self.script[:generation_config.max_new_tokens])
+        new = self.tokenizer.convert_tokens_to_ids(self.script[: generation_config.max_new_tokens])
         return torch.cat([input_ids, torch.tensor([new] * input_ids.shape[0])], dim=1)
 
 
@@ -57,8 +59,15 @@ def _evaluate(protocol, benchmark="openbookqa", **kwargs):
     tokenizer = _tokenizer()
     model = ScriptedModel(tokenizer, SCRIPT)
     record = {"instruction": "q", "input": "", "output": "", "answer": "answer2"}
-    report = evaluate_benchmarks(model, tokenizer, {benchmark: [record]}, progress=False, greedy=True,
-                                 **({} if protocol is None else {"protocol": protocol}), **kwargs)
+    report = evaluate_benchmarks(
+        model,
+        tokenizer,
+        {benchmark: [record]},
+        progress=False,
+        greedy=True,
+        **({} if protocol is None else {"protocol": protocol}),
+        **kwargs,
+    )
     return model, report.results[benchmark]
 
 
@@ -134,8 +143,9 @@ def test_real_model_under_the_perft_protocol(tmp_path):
     base = tiny_moe("mixtral", vocab_size=len(tokenizer), max_position_embeddings=256)
     model = get_peft_model(base, PerftConfig(variant="R", init_weights=False))
     records = json.loads(fixture_path("piqa").read_text())
-    report = evaluate_benchmarks(model, tokenizer, {"piqa": records}, limit=3, batch_size=3, greedy=True,
-                                 protocol="perft", progress=False)
+    report = evaluate_benchmarks(
+        model, tokenizer, {"piqa": records}, limit=3, batch_size=3, greedy=True, protocol="perft", progress=False
+    )
     for example in report.results["piqa"].examples:
         words = example["response"].split()
         assert words[:4] == ["the", "correct", "answer", "is"] and len(words) <= 8

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -27,12 +26,22 @@ def _dataset(rows=16, length=10):
 
 
 def _trainer(output_dir, model=None, **kwargs):
-    defaults = dict(output_dir=str(output_dir), per_device_train_batch_size=4, learning_rate=1e-2, logging_steps=1,
-                    report_to=[], use_cpu=True, save_strategy="steps", save_steps=2, seed=0, data_seed=0,
-                    max_steps=4, disable_tqdm=True)
+    defaults = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="steps",
+        save_steps=2,
+        seed=0,
+        data_seed=0,
+        max_steps=4,
+        disable_tqdm=True,
+    )
     model = model if model is not None else get_peft_model(base_model(), PerftConfig(variant="R", r=4))
-    return PerftTrainer(model=model, args=PerftTrainingArguments(**{**defaults, **kwargs}),
-                        train_dataset=_dataset())
+    return PerftTrainer(model=model, args=PerftTrainingArguments(**{**defaults, **kwargs}), train_dataset=_dataset())
 
 
 def _adapter(folder):
@@ -40,6 +49,7 @@ def _adapter(folder):
 
 
 # -- case 1: a checkpoint another run wrote ------------------------------------------------------------------
+
 
 def test_resume_refuses_checkpoint_of_another_run(tmp_path, capsys):
     _trainer(tmp_path, learning_rate=1e-2, seed=0).train()
@@ -52,8 +62,10 @@ def test_resume_refuses_checkpoint_of_another_run(tmp_path, capsys):
     _trainer(tmp_path, learning_rate=1e-3, seed=1, max_steps=1, save_steps=1).train()
     mine = _trainer(tmp_path, learning_rate=1e-3, seed=1, max_steps=2, save_steps=1)
     mine.train(resume_from_checkpoint=True)
-    assert "skipping checkpoint-4 (written by another run), checkpoint-2 (written by another run)" in \
-        capsys.readouterr().out
+    assert (
+        "skipping checkpoint-4 (written by another run), checkpoint-2 (written by another run)"
+        in capsys.readouterr().out
+    )
     assert mine.state.global_step == 2
     allowed = _trainer(tmp_path, learning_rate=1e-3, seed=1, max_steps=6, resume_from_other_run=True)
     allowed.train(resume_from_checkpoint=True)
@@ -61,6 +73,7 @@ def test_resume_refuses_checkpoint_of_another_run(tmp_path, capsys):
 
 
 # -- case 5: an adapter of another type or shape -------------------------------------------------------------
+
 
 def test_resume_refuses_adapter_of_another_type_or_shape(tmp_path):
     loracoe = get_peft_model(base_model(), LoraCoeConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
@@ -78,13 +91,18 @@ def test_resume_refuses_adapter_of_another_type_or_shape(tmp_path):
     assert perft.state.global_step == 0
 
     _trainer(tmp_path / "r4", max_steps=2).train()
-    wider = _trainer(tmp_path / "r4", get_peft_model(base_model(), PerftConfig(variant="R", r=8)), max_steps=4,
-                     resume_from_other_run=True)
+    wider = _trainer(
+        tmp_path / "r4",
+        get_peft_model(base_model(), PerftConfig(variant="R", r=8)),
+        max_steps=4,
+        resume_from_other_run=True,
+    )
     with pytest.raises(ValueError, match=r"does not fit the model .*perft_A is \(4, 4, 32\) there, \(4, 8, 32\)"):
         wider.train(resume_from_checkpoint=True)
 
 
 # -- case 14: an incomplete checkpoint ------------------------------------------------------------------------
+
 
 def test_resume_skips_incomplete_checkpoint(tmp_path, capsys):
     _trainer(tmp_path, max_steps=4).train()
@@ -101,6 +119,7 @@ def test_resume_skips_incomplete_checkpoint(tmp_path, capsys):
 
 # -- case 10: resuming a finished run ------------------------------------------------------------------------
 
+
 def test_resuming_a_finished_run_trains_nothing(tmp_path):
     first = _trainer(tmp_path, max_steps=5)  # past an epoch's end (4 steps): transformers would train a 6th step
     first.train()
@@ -115,6 +134,7 @@ def test_resuming_a_finished_run_trains_nothing(tmp_path):
 
 
 # -- case 9: routing statistics over the whole run -----------------------------------------------------------
+
 
 def test_routing_stats_cover_the_whole_run_after_resume(tmp_path):
     constant = dict(lr_scheduler_type="constant")  # so that the 2-step run is the first half of the 4-step one
@@ -131,6 +151,7 @@ def test_routing_stats_cover_the_whole_run_after_resume(tmp_path):
 
 
 # -- case 3: NaN ----------------------------------------------------------------------------------------------
+
 
 def test_nan_in_base_router_stops_training_at_first_step(tmp_path):
     model = get_peft_model(base_model(), PerftConfig(variant="R", r=4))
@@ -150,8 +171,11 @@ def test_nan_in_perft_router_stops_training_at_first_step(tmp_path):
     with torch.no_grad():
         router[1, 2] = float("nan")
     trainer = _trainer(tmp_path, model, save_steps=1)
-    with pytest.raises(NonFiniteError, match=r"loss is nan at step 1.*layers\.0\.mlp\.experts\.perft_router\.default "
-                                             r"\(1 of \d+ values\)"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"loss is nan at step 1.*layers\.0\.mlp\.experts\.perft_router\.default "
+        r"\(1 of \d+ values\)",
+    ):
         trainer.train()
     assert trainer.state.global_step == 0
     assert not list(tmp_path.glob("checkpoint-*")) and not (tmp_path / "adapter_model.safetensors").exists()
@@ -217,6 +241,7 @@ def test_lock_is_reentrant_in_one_process(tmp_path):
 
 # -- case 2: the final folder replaced as a whole ------------------------------------------------------------
 
+
 def _folder(path, version, extra=()):
     path.mkdir(parents=True, exist_ok=True)
     for name in ("adapter_config.json", "adapter_model.safetensors", "run_info.json", *extra):
@@ -234,8 +259,9 @@ def test_publish_swaps_the_whole_folder_and_keeps_checkpoints(tmp_path):
     staging = staging_dir(out)
     _folder(type(out)(staging), 2)
     publish(staging, out)
-    assert _versions(out) == {n: f"{n} v2" for n in ("adapter_config.json", "adapter_model.safetensors",
-                                                     "run_info.json")} | {"accounting.json": "accounting.json v1"}
+    assert _versions(out) == {
+        n: f"{n} v2" for n in ("adapter_config.json", "adapter_model.safetensors", "run_info.json")
+    } | {"accounting.json": "accounting.json v1"}
     assert (out / "checkpoint-2").is_dir() and not os.path.exists(staging)
 
 
@@ -270,11 +296,13 @@ def test_publish_interrupted_then_recovered(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         publish(staging, out)
     monkeypatch.setattr(os, "rename", real_rename)
-    assert _versions(out) == {n: f"{n} v1" for n in ("adapter_config.json", "adapter_model.safetensors",
-                                                     "run_info.json")}  # a reader still sees the old result
+    assert _versions(out) == {
+        n: f"{n} v1" for n in ("adapter_config.json", "adapter_model.safetensors", "run_info.json")
+    }  # a reader still sees the old result
     recover(out)
-    assert _versions(out) == {n: f"{n} v2" for n in ("adapter_config.json", "adapter_model.safetensors",
-                                                     "run_info.json")}
+    assert _versions(out) == {
+        n: f"{n} v2" for n in ("adapter_config.json", "adapter_model.safetensors", "run_info.json")
+    }
     assert (out / "checkpoint-2").is_dir() and (out / "checkpoint-4").is_dir() and not os.path.exists(staging)
 
 
@@ -301,8 +329,11 @@ def test_final_save_interrupted_between_weights_and_config_keeps_the_old_adapter
     trainer.train()  # other weights
     trainer.model.peft_config["default"].lora_alpha = 7  # and another config
     saved = _adapter(out)
-    assert any(not torch.equal(p.detach(), saved[n.replace(".default", "")]) for n, p in
-               trainer.model.named_parameters() if n.replace(".default", "") in saved), "new weights to save"
+    assert any(
+        not torch.equal(p.detach(), saved[n.replace(".default", "")])
+        for n, p in trainer.model.named_parameters()
+        if n.replace(".default", "") in saved
+    ), "new weights to save"
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed")

@@ -39,14 +39,21 @@ def test_projection_is_standardised_pca():
         torch.testing.assert_close(coords[:, c], sign * expected[:, c], atol=1e-4, rtol=1e-4)
     k = int((ratios.cumsum(0) < f6.EXPLAINED_VARIANCE).sum()) + 1
     assert projection.components.shape[0] == max(2, k)
-    torch.testing.assert_close(projection.explained_variance_ratio, ratios[:projection.components.shape[0]])
+    torch.testing.assert_close(projection.explained_variance_ratio, ratios[: projection.components.shape[0]])
     # Orthonormal components; fitted on x only: other vectors are mapped by the same affine map.
-    torch.testing.assert_close(projection.components @ projection.components.T,
-                               torch.eye(projection.components.shape[0], dtype=torch.float64), atol=1e-10, rtol=0)
+    torch.testing.assert_close(
+        projection.components @ projection.components.T,
+        torch.eye(projection.components.shape[0], dtype=torch.float64),
+        atol=1e-10,
+        rtol=0,
+    )
     y = torch.randn(5, 12, generator=g)
-    torch.testing.assert_close(projection(y).double(),
-                               ((y.double() - x.double().mean(0)) / x.double().std(0, correction=0))
-                               @ projection.components[:2].T, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        projection(y).double(),
+        ((y.double() - x.double().mean(0)) / x.double().std(0, correction=0)) @ projection.components[:2].T,
+        atol=1e-4,
+        rtol=1e-4,
+    )
 
 
 def test_base_panel_reads_key_memory_and_expert_vectors():
@@ -71,8 +78,10 @@ def _save(tmp_path, variant, **kwargs):
     return model, path
 
 
-@pytest.mark.parametrize("variant, kwargs, routers", [("S", {}, 0), ("D", dict(num_experts=3), 0),
-                                                      ("R", dict(num_experts=4, top_k=2), 4), ("E", {}, 8)])
+@pytest.mark.parametrize(
+    "variant, kwargs, routers",
+    [("S", {}, 0), ("D", dict(num_experts=3), 0), ("R", dict(num_experts=4, top_k=2), 4), ("E", {}, 8)],
+)
 def test_adapter_panels_from_saved_tensors(tmp_path, variant, kwargs, routers):
     model, path = _save(tmp_path, variant, **kwargs)
     tensors, config = f6.load_adapter(path)
@@ -123,8 +132,19 @@ def test_command_draws_saved_adapters(tmp_path, capsys):
         config["base_model_name_or_path"] = str(tmp_path / "base")
         (p / "adapter_config.json").write_text(json.dumps(config))
     out = tmp_path / "figure6.png"
-    f6.main(["--adapter", str(paths[0]), f"{paths[1]}=PERFT-R", "--layer", str(LAYER), "--output", str(out),
-             "--projection", "pca"])
+    f6.main(
+        [
+            "--adapter",
+            str(paths[0]),
+            f"{paths[1]}=PERFT-R",
+            "--layer",
+            str(LAYER),
+            "--output",
+            str(out),
+            "--projection",
+            "pca",
+        ]
+    )
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "PCA" in capsys.readouterr().out
     with pytest.raises(SystemExit):
@@ -138,8 +158,11 @@ def test_bad_input():
     with pytest.raises(ValueError, match="draws PERFT adapters"):
         f6.adapter_panel({}, {"peft_type": "LORA"}, LAYER)
     with pytest.raises(ValueError, match="no PERFT experts in layer 3"):
-        f6.adapter_panel({"base_model.model.model.layers.1.mlp.experts.perft_A": torch.zeros(1, 2, 3)},
-                         {"peft_type": "PERFT", "variant": "S"}, 3)
+        f6.adapter_panel(
+            {"base_model.model.model.layers.1.mlp.experts.perft_A": torch.zeros(1, 2, 3)},
+            {"peft_type": "PERFT", "variant": "S"},
+            3,
+        )
 
 
 def test_umap_after_pca_when_installed():
@@ -175,8 +198,9 @@ def test_umap_wiring_without_umap_learn(monkeypatch, tmp_path, capsys):
     assert not f6.umap_available() and f6.fit_projection(x).umap is None
     adapter = _save(tmp_path, "S")[1]
     with pytest.raises(SystemExit):
-        f6.main(["--adapter", str(adapter), "--layer", "1", "--output", str(tmp_path / "f.png"),
-                 "--projection", "umap"])
+        f6.main(
+            ["--adapter", str(adapter), "--layer", "1", "--output", str(tmp_path / "f.png"), "--projection", "umap"]
+        )
     assert "needs umap-learn" in capsys.readouterr().err
 
     monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=_FakeUMAP))

@@ -73,20 +73,36 @@ def test_recipe_with_fsdp_config_on_cpu_stops_before_training(tmp_path):
     """The shipped FSDP2 config on this CPU machine: accelerate would train with DDP (distributed_type stays
     MULTI_CPU); the recipe stops on every rank with the reason, before loading the model."""
     out = tmp_path / "run"
-    cmd = ["timeout", "280", sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           RECIPES / "configs" / "accelerate_fsdp2.yaml", "--num_processes", "2",
-           RECIPES / "mixtral_perft_r.py", "--tiny", "--max_steps", "1", "--output_dir", out]
+    cmd = [
+        "timeout",
+        "280",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        RECIPES / "configs" / "accelerate_fsdp2.yaml",
+        "--num_processes",
+        "2",
+        RECIPES / "mixtral_perft_r.py",
+        "--tiny",
+        "--max_steps",
+        "1",
+        "--output_dir",
+        out,
+    ]
     result = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=300)
     log = result.stdout + result.stderr
     assert result.returncode != 0
-    message = ("launched with an FSDP accelerate config, but it runs on CPU processes (accelerate: "
-               "distributed_type=MULTI_CPU)")
+    message = (
+        "launched with an FSDP accelerate config, but it runs on CPU processes (accelerate: distributed_type=MULTI_CPU)"
+    )
     assert log.count(message) == 2, log[-4000:]
     assert "ready" not in log and not (out / "adapter_model.safetensors").exists()
 
 
 # ---------------------------------------------------------------------------------------------------- worker
 # Run by torchrun on each rank.
+
 
 def worker(out: Path) -> None:
     import torch.distributed as dist
@@ -131,8 +147,12 @@ def worker(out: Path) -> None:
         if rank == 0:  # what Trainer.save_model does under FSDP with FULL_STATE_DICT (Trainer._save)
             model.save_pretrained(out / method, state_dict=state_dict)
             save_file({"logits": probe.contiguous()}, out / f"{method}_probe.safetensors")
-            report = {"sharded": sharded, "losses": losses, "full_shapes": full_shapes,
-                      "ungathered_is_dtensor": all(isinstance(v, DTensor) for v in ungathered.values())}
+            report = {
+                "sharded": sharded,
+                "losses": losses,
+                "full_shapes": full_shapes,
+                "ungathered_is_dtensor": all(isinstance(v, DTensor) for v in ungathered.values()),
+            }
             (out / f"{method}.json").write_text(json.dumps(report))
         dist.barrier()
     dist.destroy_process_group()

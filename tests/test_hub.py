@@ -28,6 +28,7 @@ RESULT = "RESULT "
 
 # ---------------------------------------------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """One server for the module; it stops when the module is done (or after its lifetime, whatever happens)."""
@@ -37,14 +38,22 @@ def hub(tmp_path_factory):
 
 def _env(endpoint: str, hf_home: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    return {**env, "HF_ENDPOINT": endpoint, "HF_TOKEN": "dummy-token", "HF_HUB_DISABLE_XET": "1",
-            "HF_HOME": str(hf_home), "HF_HUB_DISABLE_PROGRESS_BARS": "1", "OMP_NUM_THREADS": "1",
-            "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **env,
+        "HF_ENDPOINT": endpoint,
+        "HF_TOKEN": "dummy-token",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HOME": str(hf_home),
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def _run(args, env, timeout=300):
-    result = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env, cwd=ROOT,
-                            timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, *map(str, args)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result.stdout
 
@@ -52,16 +61,33 @@ def _run(args, env, timeout=300):
 def _step(name, *args, endpoint, hf_home):
     """Run a client step of this file in a fresh process; its JSON result."""
     out = _run([__file__, name, *args], _env(endpoint, hf_home))
-    return json.loads(next(line for line in out.splitlines() if line.startswith(RESULT))[len(RESULT):])
+    return json.loads(next(line for line in out.splitlines() if line.startswith(RESULT))[len(RESULT) :])
 
 
 @pytest.fixture(scope="module")
 def pushed(hub, tmp_path_factory):
     """The tiny recipe run that pushes its adapter: the output folder and the commit it made."""
     out = tmp_path_factory.mktemp("recipe") / "run"
-    _run([ROOT / "recipes" / "mixtral_perft_r.py", "--tiny", "--max_steps", "1", "--batch_size", "2",
-          "--micro_batch_size", "2", "--gradient_checkpointing", "false", "--output_dir", out,
-          "--push_to_hub", "--hub_model_id", REPO], _env(hub.url, tmp_path_factory.mktemp("hf-recipe")))
+    _run(
+        [
+            ROOT / "recipes" / "mixtral_perft_r.py",
+            "--tiny",
+            "--max_steps",
+            "1",
+            "--batch_size",
+            "2",
+            "--micro_batch_size",
+            "2",
+            "--gradient_checkpointing",
+            "false",
+            "--output_dir",
+            out,
+            "--push_to_hub",
+            "--hub_model_id",
+            REPO,
+        ],
+        _env(hub.url, tmp_path_factory.mktemp("hf-recipe")),
+    )
     return out, hub.storage.refs(REPO)["main"]
 
 
@@ -84,6 +110,7 @@ def loaded(hub, pushed, pushed_again, tmp_path_factory):
 
 # ---------------------------------------------------------------------------------------------------- tests
 
+
 def test_recipe_push_lands_adapter_and_our_card(hub, pushed):
     out, first = pushed
     storage = hub.storage
@@ -95,8 +122,15 @@ def test_recipe_push_lands_adapter_and_our_card(hub, pushed):
     card = storage.read(REPO, tree["README.md"]).decode()
     assert card == (out / "README.md").read_text(), "the local card is written after the push, equal to it"
     accounting = json.loads((out / "accounting.json").read_text())
-    for text in ("PERFT-R", "import perft_peft", f'PeftModel.from_pretrained(base, "{REPO}")', "# Act.",
-                 f"{accounting['activated_trainable']:,}", f"{accounting['pct_activated']:.4f}", "| `top_k` | `2` |"):
+    for text in (
+        "PERFT-R",
+        "import perft_peft",
+        f'PeftModel.from_pretrained(base, "{REPO}")',
+        "# Act.",
+        f"{accounting['activated_trainable']:,}",
+        f"{accounting['pct_activated']:.4f}",
+        "| `top_k` | `2` |",
+    ):
         assert text in card
     assert any(r.startswith("PUT /api/lfs-upload/") for r in hub.requests)
 
@@ -140,15 +174,18 @@ def test_our_card_wins_over_transformers_push(pushed_again):
 
 # What each loading API says: peft's and transformers' own messages, the Hub's error chained to peft's (raised
 # while handling it). docs/hub.md lists them.
-@pytest.mark.parametrize("case, message, cause", [
-    ("missing_peft", f"Can't find 'adapter_config.json' at '{MISSING}'", "RepositoryNotFoundError"),
-    ("missing_auto", f"Can't find 'adapter_config.json' at '{MISSING}'", "RepositoryNotFoundError"),
-    ("missing_transformers", f"{MISSING} is not a local folder and is not a valid model identifier", None),
-    ("missing_revision_peft", f"Can't find 'adapter_config.json' at '{REPO}'", "RevisionNotFoundError"),
-    ("no_adapter_peft", f"Can't find 'adapter_config.json' at '{NO_ADAPTER}'", "RemoteEntryNotFoundError"),
-    ("no_adapter_auto", f"Can't find 'adapter_config.json' at '{NO_ADAPTER}'", "RemoteEntryNotFoundError"),
-    ("no_adapter_transformers", f"adapter model file not found in {NO_ADAPTER}", None),
-])
+@pytest.mark.parametrize(
+    "case, message, cause",
+    [
+        ("missing_peft", f"Can't find 'adapter_config.json' at '{MISSING}'", "RepositoryNotFoundError"),
+        ("missing_auto", f"Can't find 'adapter_config.json' at '{MISSING}'", "RepositoryNotFoundError"),
+        ("missing_transformers", f"{MISSING} is not a local folder and is not a valid model identifier", None),
+        ("missing_revision_peft", f"Can't find 'adapter_config.json' at '{REPO}'", "RevisionNotFoundError"),
+        ("no_adapter_peft", f"Can't find 'adapter_config.json' at '{NO_ADAPTER}'", "RemoteEntryNotFoundError"),
+        ("no_adapter_auto", f"Can't find 'adapter_config.json' at '{NO_ADAPTER}'", "RemoteEntryNotFoundError"),
+        ("no_adapter_transformers", f"adapter model file not found in {NO_ADAPTER}", None),
+    ],
+)
 def test_repo_or_revision_without_adapter(loaded, case, message, cause):
     error = loaded[1]["errors"][case]
     assert message in error["message"], error
@@ -231,6 +268,7 @@ def test_model_card_loracoe_with_evaluation(tmp_path):
 # ---------------------------------------------------------------------------------------------------- client steps
 # Run in fresh processes by the fixtures above, with HF_ENDPOINT pointing at the server.
 
+
 def _attempt(fn) -> dict:
     try:
         fn()
@@ -255,8 +293,9 @@ def step_push_again(out, changed):
 
     from perft_peft import hub
 
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(Path(out) / "tiny_base"), out,
-                                      is_trainable=True)
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(Path(out) / "tiny_base"), out, is_trainable=True
+    )
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -298,8 +337,10 @@ def step_load(out, changed, first):
     def diff(a, b):
         return (a - b).abs().max().item()
 
-    first_local, changed_local = logits(PeftModel.from_pretrained(base(), out)), logits(
-        PeftModel.from_pretrained(base(), changed))
+    first_local, changed_local = (
+        logits(PeftModel.from_pretrained(base(), out)),
+        logits(PeftModel.from_pretrained(base(), changed)),
+    )
     with_adapter, pinned_adapter = base(), base()
     with_adapter.load_adapter(REPO)
     pinned_adapter.load_adapter(REPO, adapter_kwargs={"revision": first})  # `revision=` is a TypeError here
@@ -329,10 +370,17 @@ def step_load(out, changed, first):
         "other_base_peft": _attempt(lambda: PeftModel.from_pretrained(others["peft"], REPO)),
         "other_base_transformers": _attempt(lambda: others["transformers"].load_adapter(REPO)),
     }
-    return {"diffs": diffs, "card": _card(REPO), "commits": commits, "errors": errors,
-            "first_revision_bytes_equal": old == (Path(out) / "adapter_model.safetensors").read_bytes(),
-            **{f"other_base_{api}_untouched": not any(isinstance(m, PerftLayer) for m in model.modules())
-               for api, model in others.items()}}
+    return {
+        "diffs": diffs,
+        "card": _card(REPO),
+        "commits": commits,
+        "errors": errors,
+        "first_revision_bytes_equal": old == (Path(out) / "adapter_model.safetensors").read_bytes(),
+        **{
+            f"other_base_{api}_untouched": not any(isinstance(m, PerftLayer) for m in model.modules())
+            for api, model in others.items()
+        },
+    }
 
 
 def step_push_doomed(folder):

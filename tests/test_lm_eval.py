@@ -23,8 +23,14 @@ from perft_peft.testing import tiny_moe, tiny_tokenizer
 
 pytestmark = pytest.mark.slow  # the lm_eval command in its own process (~30 s)
 TASK = "perft_tiny_mc"
-DOCS = [{"question": f"t{3 + i} t{10 + i} t{20 + i}", "choices": [f"t{30 + i}", f"t{40 + i}", f"t{50 + i}"],
-         "answer": i % 3} for i in range(6)]
+DOCS = [
+    {
+        "question": f"t{3 + i} t{10 + i} t{20 + i}",
+        "choices": [f"t{30 + i}", f"t{40 + i}", f"t{50 + i}"],
+        "answer": i % 3,
+    }
+    for i in range(6)
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +38,10 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm_eval")
     tiny_moe("mixtral").save_pretrained(root / "base")
     tiny_tokenizer().save_pretrained(root / "base")
-    for name, config in (("perft", PerftConfig(variant="R", r=4, init_weights=False)),
-                         ("loracoe", LoraCoeConfig(r=4, target_modules=["q_proj", "v_proj"], init_weights=False))):
+    for name, config in (
+        ("perft", PerftConfig(variant="R", r=4, init_weights=False)),
+        ("loracoe", LoraCoeConfig(r=4, target_modules=["q_proj", "v_proj"], init_weights=False)),
+    ):
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(root / "base"), config)
         for name_, p in model.named_parameters():  # a joint-phase router that is not uniform
             if "loracoe_router" in name_:
@@ -44,8 +52,9 @@ def setup(tmp_path_factory):
     (tasks / "data.json").write_text("\n".join(json.dumps(doc) for doc in DOCS))
     (tasks / f"{TASK}.yaml").write_text(
         f"task: {TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tasks / 'data.json'}\n"
-        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"{{question}}\"\n"
-        "doc_to_choice: \"{{choices}}\"\ndoc_to_target: answer\nmetric_list:\n  - metric: acc\n")
+        'test_split: test\noutput_type: multiple_choice\ndoc_to_text: "{{question}}"\n'
+        'doc_to_choice: "{{choices}}"\ndoc_to_target: answer\nmetric_list:\n  - metric: acc\n'
+    )
     return root
 
 
@@ -80,10 +89,24 @@ def test_lm_eval_command_applies_a_perft_adapter(setup, tmp_path):
     root = setup
     env = {k: v for k, v in os.environ.items() if k != "PERFT_PEFT_NO_AUTOLOAD"}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [Path(sys.executable).parent / "lm_eval", "--model", "hf", "--model_args",
-           f"pretrained={root / 'base'},peft={root / 'perft'},dtype=float32", "--tasks", TASK,
-           "--include_path", root / "tasks", "--device", "cpu", "--batch_size", "4", "--output_path", tmp_path,
-           "--log_samples"]
+    cmd = [
+        Path(sys.executable).parent / "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={root / 'base'},peft={root / 'perft'},dtype=float32",
+        "--tasks",
+        TASK,
+        "--include_path",
+        root / "tasks",
+        "--device",
+        "cpu",
+        "--batch_size",
+        "4",
+        "--output_path",
+        tmp_path,
+        "--log_samples",
+    ]
     result = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     (samples,) = tmp_path.glob(f"*/samples_{TASK}_*.jsonl")
@@ -97,10 +120,15 @@ def test_simple_evaluate_applies_a_loracoe_adapter(setup):
     from lm_eval.tasks import TaskManager
 
     root = setup
-    results = simple_evaluate(model="hf", model_args=f"pretrained={root / 'base'},peft={root / 'loracoe'},"
-                                                     "dtype=float32",
-                              tasks=[TASK], task_manager=TaskManager(include_path=str(root / "tasks")),
-                              device="cpu", batch_size=4, log_samples=True)
+    results = simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={root / 'base'},peft={root / 'loracoe'},dtype=float32",
+        tasks=[TASK],
+        task_manager=TaskManager(include_path=str(root / "tasks")),
+        device="cpu",
+        batch_size=4,
+        log_samples=True,
+    )
     rows = sorted(results["samples"][TASK], key=lambda r: r["doc_id"])
     check([[float(resp[0][0]) for resp in row["resps"]] for row in rows], root, "loracoe")
     assert 0.0 <= results["results"][TASK]["acc,none"] <= 1.0

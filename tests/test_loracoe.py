@@ -30,15 +30,30 @@ MODES = [("composition", "rank"), ("composition", "none"), ("partition", "rank")
 def tiny_llama(seed=0):
     """A dense model whose Linear shapes all differ (q 32->32, k/v 32->16, up 32->48, down 48->32)."""
     torch.manual_seed(seed)
-    config = AutoConfig.for_model("llama", hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
-                                  max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = AutoConfig.for_model(
+        "llama",
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
 def coe_config(construction="composition", composition_scale="rank", **kwargs):
-    kwargs = {"r": 6 if construction == "partition" else 4, "lora_alpha": 8, "num_experts": 3,
-              "target_modules": TARGETS, **kwargs}
+    kwargs = {
+        "r": 6 if construction == "partition" else 4,
+        "lora_alpha": 8,
+        "num_experts": 3,
+        "target_modules": TARGETS,
+        **kwargs,
+    }
     return LoraCoeConfig(construction=construction, composition_scale=composition_scale, **kwargs)
 
 
@@ -77,6 +92,7 @@ def capture_io(model):
 
     def hook(module, args, output):
         captured[module] = (args[0].detach(), output.detach())
+
     for layer in layers(model):
         layer.register_forward_hook(hook)
     return captured
@@ -90,6 +106,7 @@ def switch_changes(model, ids):
 
     def record(module, args):
         inputs[module] = args[0].detach()
+
     handles = [layer.register_forward_pre_hook(record) for layer in layers(model)]
     logits(model, ids)
     for handle in handles:
@@ -134,18 +151,22 @@ def reference_term(x, tensors, config):
     r, E, s = config.r, config.num_experts, config.lora_alpha / config.r
     if config.construction == "composition":
         kappa = r if config.composition_scale == "rank" else 1
-        c = kappa * sum(torch.softmax(x @ R[e * r:(e + 1) * r].T, dim=-1) for e in range(E)) / E
+        c = kappa * sum(torch.softmax(x @ R[e * r : (e + 1) * r].T, dim=-1) for e in range(E)) / E
         return s * (c * (x @ A.T)) @ B.T
     kappa, k = (E if config.composition_scale == "rank" else 1), r // E
     gate = torch.softmax(x @ R.T, dim=-1)  # [T, E]
-    return s * kappa * sum(gate[:, e:e + 1] * (x @ A[e * k:(e + 1) * k].T) @ B[:, e * k:(e + 1) * k].T
-                           for e in range(E))
+    return (
+        s
+        * kappa
+        * sum(gate[:, e : e + 1] * (x @ A[e * k : (e + 1) * k].T) @ B[:, e * k : (e + 1) * k].T for e in range(E))
+    )
 
 
 def reference_logits(base, ids, config, by_module):
     def hook_for(tensors):
         def hook(module, args, output):
             return output + reference_term(args[0], tensors, config).reshape(output.shape).to(output.dtype)
+
         return hook
 
     for name in by_module:
@@ -154,6 +175,7 @@ def reference_logits(base, ids, config, by_module):
 
 
 # -- the formula ---------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("construction,scale", MODES)
 def test_output_equals_formula(construction, scale, ids, tmp_path):
@@ -237,6 +259,7 @@ def test_one_fused_gemm_equals_separate_matmuls():
 
 # -- phases ----------------------------------------------------------------------------------------------------------
 
+
 def copy_lora_into(coe, lora):
     for name, module in lora.named_modules():
         if isinstance(module, LoraLinear):
@@ -249,8 +272,9 @@ def copy_lora_into(coe, lora):
 @pytest.mark.parametrize("construction", ["composition", "partition"])
 def test_warmup_equals_plain_lora(construction, ids):
     config = coe_config(construction)
-    lora = get_peft_model(tiny_llama(), LoraConfig(r=config.r, lora_alpha=8, target_modules=TARGETS,
-                                                   init_lora_weights=False))
+    lora = get_peft_model(
+        tiny_llama(), LoraConfig(r=config.r, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False)
+    )
     coe = get_peft_model(tiny_llama(), config)
     copy_lora_into(coe, lora)
     randomise_routers(coe)
@@ -304,9 +328,12 @@ def test_switch_to_joint_with_zero_router_changes_nothing(construction, ids):
 
 # -- warm start from a saved LoRA -------------------------------------------------------------------------------------
 
+
 def save_lora(path, r=4, lora_alpha=8, target_modules=TARGETS, **kwargs):
-    lora = get_peft_model(tiny_llama(), LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=target_modules,
-                                                   init_lora_weights=False, **kwargs))
+    lora = get_peft_model(
+        tiny_llama(),
+        LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=target_modules, init_lora_weights=False, **kwargs),
+    )
     lora.save_pretrained(path)
     return lora
 
@@ -354,6 +381,7 @@ def test_init_from_lora_hub_id_goes_through_huggingface_hub(ids, tmp_path, monke
 
 # -- bad inputs raise clear errors and leave the model as it was ------------------------------------------------------
 
+
 def assert_untouched(base, before, ids):
     assert not any(isinstance(m, BaseTunerLayer) for m in base.modules())
     torch.testing.assert_close(logits(base, ids), before, atol=0, rtol=0)
@@ -373,8 +401,14 @@ def test_bad_init_from_lora(case, ids, tmp_path):
         save_lora(source, target_modules=["q_proj", "v_proj"])
     elif case == "not_lora":
         get_peft_model(tiny_llama(), coe_config()).save_pretrained(source)
-    message = {"missing": "not a local directory", "empty_dir": "has no adapter_config.json", "rank": "r=4",
-               "alpha": "lora_alpha=16", "targets": "same modules", "not_lora": "not a peft LoRA"}[case]
+    message = {
+        "missing": "not a local directory",
+        "empty_dir": "has no adapter_config.json",
+        "rank": "r=4",
+        "alpha": "lora_alpha=16",
+        "targets": "same modules",
+        "not_lora": "not a peft LoRA",
+    }[case]
     base = tiny_llama()
     before = logits(base, ids)
     with pytest.raises(ValueError, match=message):
@@ -405,6 +439,7 @@ def test_unknown_phase_or_adapter(ids):
 
 # -- merging ---------------------------------------------------------------------------------------------------------
 
+
 def test_no_phase_switch_while_merged(ids):
     """Merging (warmup only; test_contract.py checks merged equals unmerged) pins the phase until unmerged."""
     model = get_peft_model(tiny_llama(), coe_config(init_weights=False))
@@ -422,6 +457,7 @@ def test_no_phase_switch_while_merged(ids):
 # Save/load, Auto classes, load_adapter, several adapters, disable, unload: test_contract.py's matrix. Here only what
 # is LoRACoE's own: the phase is not saved, and modules_to_save travels with the adapter.
 
+
 @pytest.mark.parametrize("construction", ["composition", "partition"])
 def test_save_and_load_with_modules_to_save(construction, ids, tmp_path):
     config = coe_config(construction, init_weights=False, modules_to_save=["lm_head"])
@@ -438,7 +474,11 @@ def test_save_and_load_with_modules_to_save(construction, ids, tmp_path):
     assert all(layer.loracoe_phase["default"] == "joint" for layer in layers(loaded))
     trainable = PeftModel.from_pretrained(tiny_llama(), tmp_path, is_trainable=True)
     assert {n.rpartition(".loracoe_")[2] for n, p in trainable.named_parameters() if p.requires_grad} == {
-        "A.default", "B.default", "router.default", "base_model.model.lm_head.modules_to_save.default.weight"}
+        "A.default",
+        "B.default",
+        "router.default",
+        "base_model.model.lm_head.modules_to_save.default.weight",
+    }
 
 
 def test_phase_per_adapter(ids):
@@ -478,6 +518,7 @@ def test_bf16_model_computes_the_term_in_float32(construction, ids):
 
 # -- parameter accounting -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("construction", ["composition", "partition"])
 def test_parameter_counts(construction):
     config = coe_config(construction)
@@ -497,6 +538,7 @@ def test_parameter_counts(construction):
 
 
 # -- rank importance (paper Eq. 3) -------------------------------------------------------------------------------------
+
 
 def batches():
     gen = torch.Generator().manual_seed(2)
@@ -528,8 +570,9 @@ def test_rank_importance_of_peft_lora():
     lora = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     result = rank_importance(lora, batches(), progress=False, max_batches=1)
     assert result.num_batches == 1
-    assert sorted(result.per_module) == [f"model.layers.{i}.self_attn.{p}" for i in (0, 1)
-                                         for p in ("q_proj", "v_proj")]
+    assert sorted(result.per_module) == [
+        f"model.layers.{i}.self_attn.{p}" for i in (0, 1) for p in ("q_proj", "v_proj")
+    ]
     assert all(v.shape == (4,) and (v >= 0).all() for v in result.per_rank.values())
 
 

@@ -32,8 +32,9 @@ def test_dimension_variance_by_hand():
     r, d_in, d_out = 4, 3, 2
     level = torch.arange(1.0, r + 1)  # rank j has importance j + 1 everywhere: no spread along d_in / d_out
     A, B = level[:, None].expand(r, d_in).clone(), level[None, :].expand(d_out, r).clone()
-    result = RankImportance(A={"l0.q_proj": A, "l1.q_proj": 2 * A}, B={"l0.q_proj": B, "l1.q_proj": 2 * B},
-                            num_batches=1)
+    result = RankImportance(
+        A={"l0.q_proj": A, "l1.q_proj": 2 * A}, B={"l0.q_proj": B, "l1.q_proj": 2 * B}, num_batches=1
+    )
     variances = dimension_variance(result)
     # Divided by the mean 2.5: values (j + 1) / 2.5, variance over j = 1.25 / 6.25 = 0.2; none along d_in/d_out.
     for value in variances.values():
@@ -48,15 +49,19 @@ def test_dimension_variance_by_hand():
 
 
 def test_correlations_by_hand():
-    results = {"t1": per_rank_result([1, 2, 3, 4]), "t2": per_rank_result([2, 4, 6, 8]),
-               "t3": per_rank_result([4, 3, 2, 1])}
+    results = {
+        "t1": per_rank_result([1, 2, 3, 4]),
+        "t2": per_rank_result([2, 4, 6, 8]),
+        "t3": per_rank_result([4, 3, 2, 1]),
+    }
     tasks = task_correlation(results, "m.q_proj")
     expected = torch.tensor([[1.0, 1, -1], [1, 1, -1], [-1, -1, 1]], dtype=torch.float64)
     torch.testing.assert_close(tasks, expected)
     ranks = rank_correlation(results, "m.q_proj")
     # Shares per task: [.1 .2 .3 .4], [.1 .2 .3 .4], [.4 .3 .2 .1]: every rank moves with rank 0 or against it.
-    torch.testing.assert_close(ranks, torch.tensor([[1.0, 1, -1, -1], [1, 1, -1, -1], [-1, -1, 1, 1],
-                                                    [-1, -1, 1, 1]], dtype=torch.float64))
+    torch.testing.assert_close(
+        ranks, torch.tensor([[1.0, 1, -1, -1], [1, 1, -1, -1], [-1, -1, 1, 1], [-1, -1, 1, 1]], dtype=torch.float64)
+    )
     with pytest.raises(ValueError, match="at least 3 tasks"):
         rank_correlation({"t1": results["t1"], "t2": results["t2"]}, "m.q_proj")
     with pytest.raises(ValueError, match="No module 'm.v_proj'"):
@@ -65,8 +70,9 @@ def test_correlations_by_hand():
 
 def lora_with_rank_zeroed(rank=None):
     torch.manual_seed(0)
-    model = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                    init_lora_weights=False))
+    model = get_peft_model(
+        tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     if rank is not None:
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -100,8 +106,10 @@ def test_one_rank_zeroed_on_a_tiny_lora(tmp_path):
     assert ranks[1].isnan().all() and ranks[:, 1].isnan().all()  # a rank with no importance correlates with nothing
     assert not ranks[[0, 2, 3]][:, [0, 2, 3]].isnan().any()
 
-    for path in (plot_dimension_variance(results["task1"], tmp_path / "figure2.png"),
-                 plot_correlations(results, [module, "model.layers.1.self_attn.v_proj"], tmp_path / "figure3.png")):
+    for path in (
+        plot_dimension_variance(results["task1"], tmp_path / "figure2.png"),
+        plot_correlations(results, [module, "model.layers.1.self_attn.v_proj"], tmp_path / "figure3.png"),
+    ):
         with open(path, "rb") as handle:
             assert handle.read(8) == PNG
 
@@ -126,8 +134,21 @@ def test_figures_command_on_a_tiny_adapter(tmp_path):
             if "lora_B" in name:
                 p[:, 3] = 0
     lora.save_pretrained(tmp_path / "adapter")
-    paths = main(["--adapter", str(tmp_path / "adapter"), "--tiny", "--output_dir", str(tmp_path / "figures"),
-                  "--tasks", "boolq", "piqa", "gsm8k", "--max_records", "4"])
+    paths = main(
+        [
+            "--adapter",
+            str(tmp_path / "adapter"),
+            "--tiny",
+            "--output_dir",
+            str(tmp_path / "figures"),
+            "--tasks",
+            "boolq",
+            "piqa",
+            "gsm8k",
+            "--max_records",
+            "4",
+        ]
+    )
     for path in paths.values():
         with open(path, "rb") as handle:
             assert handle.read(8) == PNG

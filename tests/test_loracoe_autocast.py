@@ -34,8 +34,9 @@ def test_autocast_keeps_router_logits_float32_in_one_gemm(dtype, construction):
     holder = torch.nn.Module()
     holder.proj = torch.nn.Linear(64, 64, bias=False)
     r, E = 8, 2
-    config = LoraCoeConfig(r=r, lora_alpha=16, num_experts=E, target_modules=["proj"], construction=construction,
-                           init_weights=False)
+    config = LoraCoeConfig(
+        r=r, lora_alpha=16, num_experts=E, target_modules=["proj"], construction=construction, init_weights=False
+    )
     layer = inject_adapter_in_model(config, holder).proj.train()
     R = layer.loracoe_router["default"]
     with torch.no_grad():
@@ -69,8 +70,9 @@ def test_bf16_training_through_perft_trainer_keeps_logits_float32(tmp_path, monk
         return rank_weights(logits, *args)
 
     monkeypatch.setattr(layer_module, "rank_weights", recording)
-    trainer = PerftTrainer(model=_loracoe_model(), args=_args(tmp_path, bf16=True, max_steps=2),
-                           train_dataset=_dataset())
+    trainer = PerftTrainer(
+        model=_loracoe_model(), args=_args(tmp_path, bf16=True, max_steps=2), train_dataset=_dataset()
+    )
     trainer.train()
     assert seen and all(dtype == torch.float32 for dtype, _ in seen)
     assert any(autocast for _, autocast in seen), "the forward ran under autocast"

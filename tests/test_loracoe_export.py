@@ -20,8 +20,9 @@ def ids():
 
 def test_saved_lora_equals_the_loracoe_without_router(ids, tmp_path):
     torch.manual_seed(0)
-    coe = get_peft_model(tiny_llama(), LoraCoeConfig(r=4, lora_alpha=8, num_experts=2, target_modules=TARGETS,
-                                                     init_weights=False))
+    coe = get_peft_model(
+        tiny_llama(), LoraCoeConfig(r=4, lora_alpha=8, num_experts=2, target_modules=TARGETS, init_weights=False)
+    )
     randomise_routers(coe)
     joint = logits(coe, ids)
     save_without_router(coe, tmp_path)

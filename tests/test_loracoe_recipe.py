@@ -17,9 +17,12 @@ def loracoe():
 
 def training_args(loracoe, argv, tmp_path):
     args = loracoe["parse"](["--tiny", "--output_dir", str(tmp_path), *argv])
-    return args, recipe.training_arguments(args, loracoe_warmup_epochs=args.loracoe_warmup_epochs,
-                                           loracoe_warmup_steps=args.loracoe_warmup_steps,
-                                           loracoe_warmup_learning_rate=args.loracoe_warmup_learning_rate)
+    return args, recipe.training_arguments(
+        args,
+        loracoe_warmup_epochs=args.loracoe_warmup_epochs,
+        loracoe_warmup_steps=args.loracoe_warmup_steps,
+        loracoe_warmup_learning_rate=args.loracoe_warmup_learning_rate,
+    )
 
 
 def test_warmup_steps_flag_replaces_the_configs_epochs(loracoe, tmp_path):
@@ -73,8 +76,10 @@ def test_loramoe_baseline_config(loracoe, tmp_path):
     assert (training.num_train_epochs, training.learning_rate) == (4, 3e-4) and not training.uses_loracoe_warmup
 
 
-@pytest.mark.parametrize("flags, expected", [(["--num_experts", "8"], ("composition", 8, 16)),
-                                             (["--r", "32", "--lora_alpha", "64"], ("composition", 2, 32))])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [(["--num_experts", "8"], ("composition", 8, 16)), (["--r", "32", "--lora_alpha", "64"], ("composition", 2, 32))],
+)
 def test_ablation_flags(loracoe, tmp_path, flags, expected):
     args, _ = training_args(loracoe, flags, tmp_path)
     config = loracoe["peft_config"](args)
@@ -87,10 +92,13 @@ def test_lora_refuses_loracoe_only_flags(loracoe, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra, peft_type", [
-    (["--config", str(CONFIGS / "loracoe_lora.yaml")], "LORA"),
-    (["--num_experts", "4", "--save_without_router", "--loracoe_warmup_steps", "1"], "LORACOE"),
-])
+@pytest.mark.parametrize(
+    "extra, peft_type",
+    [
+        (["--config", str(CONFIGS / "loracoe_lora.yaml")], "LORA"),
+        (["--num_experts", "4", "--save_without_router", "--loracoe_warmup_steps", "1"], "LORACOE"),
+    ],
+)
 def test_tiny_runs_of_baselines_and_ablations(tmp_path, extra, peft_type):
     import json
 

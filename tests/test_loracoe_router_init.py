@@ -10,7 +10,15 @@ from safetensors.torch import load_file, save_file
 from perft_peft import LoraCoeConfig, set_loracoe_phase
 
 from .test_loracoe import (  # noqa: F401  (one_thread: the module-wide autouse fixture)
-    TARGETS, adapter_term, assert_close_to_warmup, layers, logits, one_thread, switch_changes, tiny_llama)
+    TARGETS,
+    adapter_term,
+    assert_close_to_warmup,
+    layers,
+    logits,
+    one_thread,
+    switch_changes,
+    tiny_llama,
+)
 
 
 @pytest.fixture
@@ -20,8 +28,15 @@ def ids():
 
 def coe(num_experts=2, construction="composition", seed=0, **kwargs):
     torch.manual_seed(seed)
-    config = LoraCoeConfig(r=4, lora_alpha=8, num_experts=num_experts, target_modules=TARGETS,
-                           construction=construction, init_weights=False, **kwargs)
+    config = LoraCoeConfig(
+        r=4,
+        lora_alpha=8,
+        num_experts=num_experts,
+        target_modules=TARGETS,
+        construction=construction,
+        init_weights=False,
+        **kwargs,
+    )
     return get_peft_model(tiny_llama(), config)
 
 
@@ -38,8 +53,10 @@ def train(model, ids, steps=30):
 
 def expert_gaps(model, r=4):
     """Per layer: max |R_1 - R_0| between the two composite experts' router blocks."""
-    return [(layer.loracoe_router["default"][r:] - layer.loracoe_router["default"][:r]).abs().max().item()
-            for layer in layers(model)]
+    return [
+        (layer.loracoe_router["default"][r:] - layer.loracoe_router["default"][:r]).abs().max().item()
+        for layer in layers(model)
+    ]
 
 
 def test_experts_differ_at_init_and_stay_different_after_joint_training(ids):
@@ -73,13 +90,15 @@ def test_num_experts_changes_the_trained_model(ids):
 @pytest.mark.parametrize("construction", ["composition", "partition"])
 def test_switch_to_joint_moves_each_layer_by_less_than_one_percent(construction, ids):
     model = coe(num_experts=2, construction=construction)
-    assert all(layer.loracoe_setting["default"].kappa == (4 if construction == "composition" else 2)
-               for layer in layers(model)), "default composition_scale='rank'"
+    assert all(
+        layer.loracoe_setting["default"].kappa == (4 if construction == "composition" else 2) for layer in layers(model)
+    ), "default composition_scale='rank'"
     assert_close_to_warmup(model, ids, bound=1e-2)
 
 
-@pytest.mark.parametrize("construction, E, predicted", [("composition", 2, (15 / 16 / 2) ** 0.5),
-                                                          ("partition", 4, (3 / 4) ** 0.5)])
+@pytest.mark.parametrize(
+    "construction, E, predicted", [("composition", 2, (15 / 16 / 2) ** 0.5), ("partition", 4, (3 / 4) ** 0.5)]
+)
 def test_switch_change_matches_the_documented_scale(construction, E, predicted):
     """router_init.py's first-order estimate: the change is ROUTER_INIT_SCALE * rms(x) * sqrt((1 - 1/r) / E)
     (composition) or ROUTER_INIT_SCALE * rms(x) * sqrt(1 - 1/E) (partition) of the LoRA update; inputs with
@@ -89,8 +108,9 @@ def test_switch_change_matches_the_documented_scale(construction, E, predicted):
     holder = torch.nn.Module()
     holder.proj = torch.nn.Linear(512, 512, bias=False)
     torch.manual_seed(0)
-    config = LoraCoeConfig(r=16, lora_alpha=32, num_experts=E, target_modules=["proj"], construction=construction,
-                           init_weights=False)
+    config = LoraCoeConfig(
+        r=16, lora_alpha=32, num_experts=E, target_modules=["proj"], construction=construction, init_weights=False
+    )
     from peft import inject_adapter_in_model
 
     layer = inject_adapter_in_model(config, holder).proj

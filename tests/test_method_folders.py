@@ -32,8 +32,11 @@ def test_a_method_does_not_import_the_other(method):
     other = next(m for m in METHODS if m != method)
     offenders = {}
     for path in sorted((PACKAGE / method).glob("*.py")):
-        found = sorted(name for name in imported_modules(path, f"perft_peft.{method}")
-                       if name == f"perft_peft.{other}" or name.startswith(f"perft_peft.{other}."))
+        found = sorted(
+            name
+            for name in imported_modules(path, f"perft_peft.{method}")
+            if name == f"perft_peft.{other}" or name.startswith(f"perft_peft.{other}.")
+        )
         if found:
             offenders[path.name] = found
     assert not offenders, f"perft_peft/{method}/ imports {other}'s modules: {offenders}"

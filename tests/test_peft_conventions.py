@@ -26,8 +26,11 @@ def bf16_base():
 
 def adapter_dtypes(model, adapter="default"):
     """{parameter name: dtype} of every tensor of ``adapter`` (A, B and the router of each layer)."""
-    found = {name: p.dtype for name, p in model.named_parameters()
-             if any(f"{prefix}" in name for prefix in PREFIXES) and name.endswith(f".{adapter}")}
+    found = {
+        name: p.dtype
+        for name, p in model.named_parameters()
+        if any(f"{prefix}" in name for prefix in PREFIXES) and name.endswith(f".{adapter}")
+    }
     routers = [name for name in found if "router" in name]
     assert found and routers, "the adapter has tensors, routers included"
     return found
@@ -92,8 +95,9 @@ def test_perft_router_math_stays_float32_in_bf16_storage():
     for layer, h in inputs.items():
         record, W = layer.router_records["default"], layer.perft_router["default"]
         assert W.dtype == torch.bfloat16 and record.logits.dtype == torch.float32
-        torch.testing.assert_close(record.logits, h.reshape(-1, h.shape[-1]).float() @ W.float().T,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            record.logits, h.reshape(-1, h.shape[-1]).float() @ W.float().T, atol=1e-5, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("storage,autocast", [(torch.bfloat16, False), (torch.float32, True)])
@@ -101,14 +105,14 @@ def test_perft_router_math_stays_float32_in_bf16_storage():
 def test_loracoe_router_math_stays_float32(storage, autocast, construction, monkeypatch):
     """Router logits are x.float() @ R.float().T for bf16 storage and under bf16 autocast alike (a bf16 GEMM, the
     fused [A; R] one under autocast included, is ~0.1 off for logits of ~20)."""
-    config = LoraCoeConfig(r=4, num_experts=2, target_modules=["q_proj"], construction=construction,
-                           init_weights=False)
+    config = LoraCoeConfig(r=4, num_experts=2, target_modules=["q_proj"], construction=construction, init_weights=False)
     base = bf16_base() if storage == torch.bfloat16 else tiny_moe("mixtral")
     model = get_peft_model(base, config, autocast_adapter_dtype=False)
     seen = []
     original = loracoe_layer.rank_weights
-    monkeypatch.setattr(loracoe_layer, "rank_weights",
-                        lambda logits, *args: seen.append(logits) or original(logits, *args))
+    monkeypatch.setattr(
+        loracoe_layer, "rank_weights", lambda logits, *args: seen.append(logits) or original(logits, *args)
+    )
     inputs = {}
     for layer in model.modules():
         if isinstance(layer, LoraCoeLayer):
@@ -129,12 +133,19 @@ def test_loracoe_router_math_stays_float32(storage, autocast, construction, monk
 
 # -- layers_to_transform / layers_pattern ---------------------------------------------------------------------------
 
+
 def adapted(model, cls):
     return sorted(n.removeprefix("base_model.model.") for n, m in model.named_modules() if isinstance(m, cls))
 
 
-@pytest.mark.parametrize("selection", [dict(layers_to_transform=1), dict(layers_to_transform=[0]),
-                                       dict(layers_to_transform=[1], layers_pattern="layers")])
+@pytest.mark.parametrize(
+    "selection",
+    [
+        dict(layers_to_transform=1),
+        dict(layers_to_transform=[0]),
+        dict(layers_to_transform=[1], layers_pattern="layers"),
+    ],
+)
 def test_loracoe_layers_to_transform_selects_like_lora(selection, tmp_path):
     targets = ["q_proj", "v_proj"]
     model = get_peft_model(tiny_moe("mixtral"), LoraCoeConfig(r=4, target_modules=targets, **selection))
@@ -149,15 +160,20 @@ def test_loracoe_layers_to_transform_selects_like_lora(selection, tmp_path):
 
 def test_loracoe_layers_pattern_names_the_layer_list():
     with pytest.raises(ValueError, match="matched no module"):
-        get_peft_model(tiny_moe("mixtral"), LoraCoeConfig(target_modules=["q_proj"], layers_to_transform=[0],
-                                                          layers_pattern="blocks"))
+        get_peft_model(
+            tiny_moe("mixtral"),
+            LoraCoeConfig(target_modules=["q_proj"], layers_to_transform=[0], layers_pattern="blocks"),
+        )
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(target_modules=r".*q_proj", layers_to_transform=[0]), "layers_to_transform cannot be used"),
-    (dict(target_modules=r".*q_proj", layers_pattern="layers"), "layers_pattern cannot be used"),
-    (dict(target_modules=["q_proj"], layers_pattern="layers"), "only makes sense together"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(target_modules=r".*q_proj", layers_to_transform=[0]), "layers_to_transform cannot be used"),
+        (dict(target_modules=r".*q_proj", layers_pattern="layers"), "layers_pattern cannot be used"),
+        (dict(target_modules=["q_proj"], layers_pattern="layers"), "only makes sense together"),
+    ],
+)
 def test_loracoe_layer_selection_bad_input(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LoraCoeConfig(**kwargs)

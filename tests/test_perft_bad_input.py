@@ -21,29 +21,47 @@ def _untouched(model):
 
 
 def test_model_without_moe_experts():
-    config = AutoConfig.for_model("llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=128)
+    config = AutoConfig.for_model(
+        "llama",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+    )
     model = AutoModelForCausalLM.from_config(config)
-    with pytest.raises(ValueError, match="No MoE experts module found in LlamaForCausalLM. PERFT searched for "
-                                         "an MoE experts module"):
+    with pytest.raises(
+        ValueError, match="No MoE experts module found in LlamaForCausalLM. PERFT searched for an MoE experts module"
+    ):
         get_peft_model(model, PerftConfig(variant="R"))
     assert _untouched(model)
 
 
 def test_embedded_on_module_without_routing():
     model = base_model()
-    with pytest.raises(ValueError, match="PERFT-E reuses the model's routing, but model.layers.0.mlp "
-                                         r"\(MixtralSparseMoeBlock\) does not receive routing"):
+    with pytest.raises(
+        ValueError,
+        match="PERFT-E reuses the model's routing, but model.layers.0.mlp "
+        r"\(MixtralSparseMoeBlock\) does not receive routing",
+    ):
         get_peft_model(model, PerftConfig(variant="E", target_modules=["mlp"]))
     assert _untouched(model)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(hidden_size=48), "made for a model with hidden size 32, but model.layers.0.mlp.experts has hidden "
-                           "size 48"),
-    (dict(num_local_experts=4), "made for a model with 8 experts per MoE block, but model.layers.0.mlp.experts "
-                                "has 4"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            dict(hidden_size=48),
+            "made for a model with hidden size 32, but model.layers.0.mlp.experts has hidden size 48",
+        ),
+        (
+            dict(num_local_experts=4),
+            "made for a model with 8 experts per MoE block, but model.layers.0.mlp.experts has 4",
+        ),
+    ],
+)
 def test_loading_onto_another_base(overrides, message, tmp_path):
     get_peft_model(base_model(), PerftConfig(variant="R", r=4)).save_pretrained(tmp_path)
     other = base_model(**overrides)

@@ -49,11 +49,19 @@ def _reference_logits(family, ids, config, by_module, plain=None):
         def hook(module, args, output):
             h = args[0].reshape(-1, args[0].shape[-1])
             routing = (args[1], args[2]) if config.variant == "E" or config.gate_weights == "base" else None
-            term = perft_term(config.variant, h, tensors, config.lora_alpha / config.r,
-                              act=config.adapter_act if config.expert_type == "adapter" else None,
-                              top_k=config.top_k, routing=routing, norm_topk_prob=config.norm_topk_prob,
-                              base_gates=config.gate_weights == "base")
+            term = perft_term(
+                config.variant,
+                h,
+                tensors,
+                config.lora_alpha / config.r,
+                act=config.adapter_act if config.expert_type == "adapter" else None,
+                top_k=config.top_k,
+                routing=routing,
+                norm_topk_prob=config.norm_topk_prob,
+                base_gates=config.gate_weights == "base",
+            )
             return output + term.reshape(output.shape).to(output.dtype)
+
         return hook
 
     names = find_experts_modules(base)
@@ -72,8 +80,16 @@ def _force_sparse(model):
 
 
 def _peft_model(family, variant, expert_type, **kwargs):
-    config = PerftConfig(variant=variant, r=4, lora_alpha=8, expert_type=expert_type, init_weights=False,
-                         adapter_act="gelu", **VARIANT_KWARGS[variant], **kwargs)
+    config = PerftConfig(
+        variant=variant,
+        r=4,
+        lora_alpha=8,
+        expert_type=expert_type,
+        init_weights=False,
+        adapter_act="gelu",
+        **VARIANT_KWARGS[variant],
+        **kwargs,
+    )
     model = get_peft_model(base_model(family), config)
     _randomise_routers(model)
     return model, config
@@ -135,14 +151,25 @@ def test_dropout_only_in_training(variant, input_ids, tmp_path):
 
 
 # LoRA experts on every family; parallel-adapter experts (B = 0 as well) on one.
-@pytest.mark.parametrize("family, variant, expert_type", [(f, v, "lora") for f in FAMILIES for v in VARIANTS]
-                         + [("mixtral", v, "adapter") for v in VARIANTS])
+@pytest.mark.parametrize(
+    "family, variant, expert_type",
+    [(f, v, "lora") for f in FAMILIES for v in VARIANTS] + [("mixtral", v, "adapter") for v in VARIANTS],
+)
 def test_identity_at_initialisation(family, variant, expert_type, input_ids):
     base = base_model(family)
     with torch.no_grad():
         expected = base(input_ids).logits
-    model = get_peft_model(base, PerftConfig(variant=variant, r=4, expert_type=expert_type, adapter_act="gelu",
-                                             init_weights=True, **VARIANT_KWARGS[variant]))
+    model = get_peft_model(
+        base,
+        PerftConfig(
+            variant=variant,
+            r=4,
+            expert_type=expert_type,
+            adapter_act="gelu",
+            init_weights=True,
+            **VARIANT_KWARGS[variant],
+        ),
+    )
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids).logits, expected, atol=0, rtol=0)
 
@@ -154,8 +181,12 @@ def test_dense_and_sparse_paths_agree(variant, expert_type):
     kwargs = dict(num_experts=16, top_k=2) if variant == "R" else {}
     results = []
     for ratio in (10**9, 0):  # never sparse, always sparse
-        model = get_peft_model(base_model("olmoe", num_experts=16), PerftConfig(
-            variant=variant, r=4, init_weights=False, expert_type=expert_type, adapter_act="gelu", **kwargs))
+        model = get_peft_model(
+            base_model("olmoe", num_experts=16),
+            PerftConfig(
+                variant=variant, r=4, init_weights=False, expert_type=expert_type, adapter_act="gelu", **kwargs
+            ),
+        )
         _randomise_routers(model)
         for layer in model.modules():
             if isinstance(layer, PerftLayer):
@@ -174,8 +205,9 @@ def test_dense_and_sparse_paths_agree(variant, expert_type):
 def test_whole_block_target_on_tuple_output(variant, input_ids, tmp_path):
     """R/D/S may wrap a whole MoE block (GPT-OSS's returns a tuple): the term, computed from the block's input
     hidden states, is added to the hidden states it returns."""
-    config = PerftConfig(variant=variant, r=4, lora_alpha=8, init_weights=False, target_modules=["mlp"],
-                         **VARIANT_KWARGS[variant])
+    config = PerftConfig(
+        variant=variant, r=4, lora_alpha=8, init_weights=False, target_modules=["mlp"], **VARIANT_KWARGS[variant]
+    )
     model = get_peft_model(base_model("gpt_oss"), config)
     _randomise_routers(model)
     layers = [m for m in model.modules() if isinstance(m, PerftLayer)]
@@ -196,6 +228,7 @@ def test_whole_block_target_on_tuple_output(variant, input_ids, tmp_path):
             h = args[0].reshape(-1, args[0].shape[-1])
             term = perft_term(variant, h, tensors, config.scaling, top_k=config.top_k)
             return (output[0] + term.reshape(output[0].shape).to(output[0].dtype), *output[1:])
+
         return hook
 
     for name, tensors in by_module.items():
@@ -207,8 +240,7 @@ def test_whole_block_target_on_tuple_output(variant, input_ids, tmp_path):
 
 def test_bf16_model_keeps_router_in_float32(input_ids):
     """PERFT-R's router logits are h.float() @ W.float().T even in a bf16 model (a bf16 GEMM is ~1e-2 off)."""
-    model = get_peft_model(base_model("mixtral").to(torch.bfloat16), PerftConfig(variant="R", r=4,
-                                                                                 init_weights=False))
+    model = get_peft_model(base_model("mixtral").to(torch.bfloat16), PerftConfig(variant="R", r=4, init_weights=False))
     _randomise_routers(model)
     inputs = []
     for layer in model.modules():

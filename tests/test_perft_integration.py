@@ -44,7 +44,9 @@ def test_reimport_is_idempotent():
     assert PEFT_TYPE_TO_CONFIG_MAPPING[PeftType.PERFT] is perft_peft.PerftConfig
     assert PEFT_TYPE_TO_CONFIG_MAPPING[PeftType.LORACOE] is perft_peft.LoraCoeConfig
     assert (PEFT_TYPE_TO_PREFIX_MAPPING[PeftType.PERFT], PEFT_TYPE_TO_PREFIX_MAPPING[PeftType.LORACOE]) == (
-        "perft_", "loracoe_")
+        "perft_",
+        "loracoe_",
+    )
     assert get_peft_model(base_model(), perft_peft.PerftConfig(variant="S")) is not None
 
 

@@ -43,8 +43,9 @@ def _logits_on_path(model, input_ids, sparse, monkeypatch):
 def test_perft_init_statistics():
     """A ~ N(0, 2/r) per element, B ~ 1e-6 N(0, 1) (commonsense/utils.py, lines 30-37); both trainable."""
     r, M = 8, 64
-    model = get_peft_model(base_model("mixtral", hidden_size=256), PerftConfig(
-        variant="D", num_experts=M, r=r, init_weights="perft"))
+    model = get_peft_model(
+        base_model("mixtral", hidden_size=256), PerftConfig(variant="D", num_experts=M, r=r, init_weights="perft")
+    )
     A = torch.cat([layer.perft_A["default"].detach().flatten() for layer in _layers(model)])
     B = torch.cat([layer.perft_B["default"].detach().flatten() for layer in _layers(model)])
     assert A.numel() > 100_000 and B.numel() > 100_000
@@ -54,20 +55,24 @@ def test_perft_init_statistics():
     assert abs(((A / A.std()) ** 4).mean().item() - 3) < 0.1
     # Not peft's Kaiming-uniform: |A| is unbounded by 1/sqrt(D).
     assert A.abs().max() > 1 / math.sqrt(256)
-    assert all(p.requires_grad for layer in _layers(model) for p in (layer.perft_A["default"],
-                                                                       layer.perft_B["default"]))
+    assert all(
+        p.requires_grad for layer in _layers(model) for p in (layer.perft_A["default"], layer.perft_B["default"])
+    )
 
 
-@pytest.mark.parametrize("variant, expert_type", [("R", "lora"), ("E", "lora"), ("S", "lora"), ("D", "adapter"),
-                                                   ("R", "adapter")])
+@pytest.mark.parametrize(
+    "variant, expert_type", [("R", "lora"), ("E", "lora"), ("S", "lora"), ("D", "adapter"), ("R", "adapter")]
+)
 def test_perft_init_statistics_every_variant_and_expert_type(variant, expert_type):
     """The same distributions for every variant and for parallel-adapter experts (w1 = A, w2 = B), "for LoRA and
     adapter experts alike"; tolerances scale with the sample size (5 standard errors)."""
     torch.manual_seed(0)
     r = 8
     kwargs = dict(num_experts=16, top_k=2) if variant == "R" else {}
-    model = get_peft_model(base_model("mixtral", hidden_size=256), PerftConfig(
-        variant=variant, r=r, init_weights="perft", expert_type=expert_type, **kwargs))
+    model = get_peft_model(
+        base_model("mixtral", hidden_size=256),
+        PerftConfig(variant=variant, r=r, init_weights="perft", expert_type=expert_type, **kwargs),
+    )
     A = torch.cat([layer.perft_A["default"].detach().flatten() for layer in _layers(model)]).double()
     B = torch.cat([layer.perft_B["default"].detach().flatten() for layer in _layers(model)]).double()
     n = A.numel()
@@ -118,8 +123,17 @@ def test_norm_topk_prob_only_for_r(variant):
 def test_renormalised_topk_equals_equations(family, expert_type, sparse, input_ids, tmp_path, monkeypatch):
     """G~ = TopK(softmax(W~ h)) / sum of the K kept weights, with the authors' experts: for 'adapter', SiLU and
     scale 1 (lora_alpha = r), w2(silu(w1 x)); dense and grouped-GEMM paths; the config round-trips."""
-    config = PerftConfig(variant="R", num_experts=4, top_k=2, r=4, lora_alpha=4, expert_type=expert_type,
-                         adapter_act="silu", init_weights="perft", norm_topk_prob=True)
+    config = PerftConfig(
+        variant="R",
+        num_experts=4,
+        top_k=2,
+        r=4,
+        lora_alpha=4,
+        expert_type=expert_type,
+        adapter_act="silu",
+        init_weights="perft",
+        norm_topk_prob=True,
+    )
     assert config.scaling == 1.0
     model = get_peft_model(base_model(family), config)
     _randomise_routers(model)
@@ -190,10 +204,13 @@ def test_validation_split():
         recipe.split_validation(data, argparse.Namespace(val_set_size=500, seed=42))
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--val_set_size", "-1"], "must be 0 or more"),
-    (["--save_steps", "100"], "multiple of --eval_steps (80)"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--val_set_size", "-1"], "must be 0 or more"),
+        (["--save_steps", "100"], "multiple of --eval_steps (80)"),
+    ],
+)
 def test_validation_flag_errors(argv, message, capsys):
     with pytest.raises(SystemExit):
         _recipe_args("olmoe_perft", argv)
@@ -206,10 +223,31 @@ def test_tiny_recipe_run_validates_and_keeps_the_best(tmp_path):
     validation loss is logged every --eval_steps on the held-out split, and the best checkpoint is tracked."""
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run([sys.executable, str(RECIPES / "olmoe_perft.py"), "--tiny", "--output_dir", str(out),
-                             "--max_steps", "4", "--batch_size", "4", "--micro_batch_size", "2", "--eval_steps", "2",
-                             "--save_steps", "2", "--expert_type", "adapter"],
-                            capture_output=True, text=True, timeout=600, env=env)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(RECIPES / "olmoe_perft.py"),
+            "--tiny",
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "4",
+            "--batch_size",
+            "4",
+            "--micro_batch_size",
+            "2",
+            "--eval_steps",
+            "2",
+            "--save_steps",
+            "2",
+            "--expert_type",
+            "adapter",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     config = json.loads((out / "adapter_config.json").read_text())
     assert (config["init_weights"], config["adapter_act"], config["norm_topk_prob"]) == ("perft", "silu", False)
@@ -221,14 +259,24 @@ def test_tiny_recipe_run_validates_and_keeps_the_best(tmp_path):
 
 # -- the authors' OLMoE PERFT-R gates: the model router's weights ------------------------------------------------
 
+
 @pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("expert_type, top_k", [("lora", 2), ("adapter", 2), ("lora", 1)])  # 1: below the model's 2
 @pytest.mark.parametrize("family", ["olmoe", "mixtral"])
 def test_base_gate_weights_equal_equations(family, expert_type, top_k, sparse, input_ids, tmp_path, monkeypatch):
     """gate_weights='base' (modeling_olmoe.py line 882): the PEFT router picks K experts; the k-th pick is weighted
     by the model router's k-th top-k weight for the token. Saved and loaded with the adapter."""
-    config = PerftConfig(variant="R", num_experts=4, top_k=top_k, r=4, lora_alpha=8, init_weights=False,
-                         gate_weights="base", expert_type=expert_type, adapter_act="silu")
+    config = PerftConfig(
+        variant="R",
+        num_experts=4,
+        top_k=top_k,
+        r=4,
+        lora_alpha=8,
+        init_weights=False,
+        gate_weights="base",
+        expert_type=expert_type,
+        adapter_act="silu",
+    )
     model = get_peft_model(base_model(family), config)
     _randomise_routers(model)
     logits = _logits_on_path(model, input_ids, sparse, monkeypatch)
@@ -238,8 +286,9 @@ def test_base_gate_weights_equal_equations(family, expert_type, top_k, sparse, i
     expected = _reference_logits(family, input_ids, config, tensors)
     torch.testing.assert_close(logits, expected.to(logits.dtype), atol=2e-5, rtol=1e-4)
     own = PerftConfig(**{**config.to_dict(), "gate_weights": "router", "peft_type": None})
-    assert not torch.allclose(logits, _reference_logits(family, input_ids, own, tensors).to(logits.dtype),
-                              atol=1e-3), "the switch must matter"
+    assert not torch.allclose(logits, _reference_logits(family, input_ids, own, tensors).to(logits.dtype), atol=1e-3), (
+        "the switch must matter"
+    )
     loaded = PeftModel.from_pretrained(base_model(family), tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids).logits, logits, atol=1e-6, rtol=1e-5)
@@ -261,8 +310,9 @@ def test_base_gate_weights_are_the_models_kth_largest_for_an_unsorted_router(inp
     from . import test_perft_equations as equations
 
     family = "deepseek_v3"
-    config = PerftConfig(variant="R", num_experts=4, top_k=2, r=4, lora_alpha=8, init_weights=False,
-                         gate_weights="base")
+    config = PerftConfig(
+        variant="R", num_experts=4, top_k=2, r=4, lora_alpha=8, init_weights=False, gate_weights="base"
+    )
     model = get_peft_model(base_model(family), config)
     _randomise_routers(model)
     with torch.no_grad():

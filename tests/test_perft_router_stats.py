@@ -4,16 +4,16 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from perft_peft import (PerftConfig, PerftLayer, load_balancing_loss, parameter_accounting, router_records,
-                        router_z_loss)
+from perft_peft import PerftConfig, PerftLayer, load_balancing_loss, parameter_accounting, router_records, router_z_loss
 
 from .conftest import FAMILIES, VARIANT_KWARGS, base_model
 from .reference import capture_router_inputs, reference_router_losses
 
 
 def _routed_model(family="mixtral", **kwargs):
-    model = get_peft_model(base_model(family), PerftConfig(variant="R", r=4, num_experts=4, top_k=2,
-                                                           init_weights=False, **kwargs))
+    model = get_peft_model(
+        base_model(family), PerftConfig(variant="R", r=4, num_experts=4, top_k=2, init_weights=False, **kwargs)
+    )
     for layer in model.modules():
         if isinstance(layer, PerftLayer):
             torch.nn.init.normal_(layer.perft_router["default"], std=1.0)
@@ -56,8 +56,7 @@ def test_records_only_in_training_and_never_accumulate():
     for _ in range(3):
         model(torch.randint(3, 128, (2, 5)))
     records = router_records(model)
-    assert len(records) == 2 and all(r.logits.shape == (10, 4) and r.top_k_index.shape == (10, 2)
-                                     for r in records)
+    assert len(records) == 2 and all(r.logits.shape == (10, 4) and r.top_k_index.shape == (10, 2) for r in records)
     model.eval()
     with torch.no_grad():
         model(torch.randint(3, 128, (2, 5)))
@@ -106,8 +105,7 @@ def test_trainable_counts_follow_formula(family, variant):
     model = get_peft_model(base_model(family), PerftConfig(variant=variant, r=4, **VARIANT_KWARGS[variant]))
     D, N, r, L, K_model = 32, 8, 4, 2, 2
     per_layer = {"R": 4 * 2 * D * r + 4 * D, "E": N * 2 * D * r, "D": 3 * 2 * D * r, "S": 2 * D * r}[variant]
-    activated = {"R": 2 * 2 * D * r + 4 * D, "E": K_model * 2 * D * r, "D": 3 * 2 * D * r,
-                 "S": 2 * D * r}[variant]
+    activated = {"R": 2 * 2 * D * r + 4 * D, "E": K_model * 2 * D * r, "D": 3 * 2 * D * r, "S": 2 * D * r}[variant]
     accounting = parameter_accounting(model)
     assert model.get_nb_trainable_parameters()[0] == accounting.trainable == L * per_layer
     assert accounting.activated_trainable == L * activated
@@ -142,9 +140,11 @@ def test_peft_lora_accounting(where):
     D, L, N, K, r = base.config.hidden_size, base.config.num_hidden_layers, 8, 2, 2
     attention = base.model.layers[0].self_attn
     experts = base.model.layers[0].mlp.experts
-    per_layer = {"lora_attn": r * (D + attention.q_proj.out_features) + r * (D + attention.v_proj.out_features),
-                 "lora_router": r * (D + N),
-                 "lora_experts": N * r * sum(sum(p.shape[1:]) for p in (experts.gate_up_proj, experts.down_proj))}[where]
+    per_layer = {
+        "lora_attn": r * (D + attention.q_proj.out_features) + r * (D + attention.v_proj.out_features),
+        "lora_router": r * (D + N),
+        "lora_experts": N * r * sum(sum(p.shape[1:]) for p in (experts.gate_up_proj, experts.down_proj)),
+    }[where]
     accounting = parameter_accounting(model)
     assert isinstance(model.peft_config["default"], LoraConfig)
     assert accounting.trainable == model.get_nb_trainable_parameters()[0] == L * per_layer

@@ -16,14 +16,24 @@ from perft_peft import recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
-FAST = ["--max_steps", "2", "--batch_size", "4", "--micro_batch_size", "2", "--gradient_checkpointing", "false",
-        "--probe_logits"]
+FAST = [
+    "--max_steps",
+    "2",
+    "--batch_size",
+    "4",
+    "--micro_batch_size",
+    "2",
+    "--gradient_checkpointing",
+    "false",
+    "--probe_logits",
+]
 
 
 def _run(args, timeout=600, launcher=(sys.executable,)):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run([*launcher, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env,
-                            cwd=ROOT)
+    result = subprocess.run(
+        [*launcher, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result.stdout + result.stderr
 
@@ -49,14 +59,17 @@ def test_help(script):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script, extra, peft_type", [
-    ("mixtral_perft_r", [], "PERFT"),
-    ("olmoe_perft", ["--variant", "E"], "PERFT"),
-    ("loracoe", [], "LORACOE"),
-    ("baselines", ["--method", "lora_attn"], "LORA"),
-    ("baselines", ["--method", "lora_router"], "LORA"),
-    ("baselines", ["--method", "lora_experts"], "LORA"),
-])
+@pytest.mark.parametrize(
+    "script, extra, peft_type",
+    [
+        ("mixtral_perft_r", [], "PERFT"),
+        ("olmoe_perft", ["--variant", "E"], "PERFT"),
+        ("loracoe", [], "LORACOE"),
+        ("baselines", ["--method", "lora_attn"], "LORA"),
+        ("baselines", ["--method", "lora_router"], "LORA"),
+        ("baselines", ["--method", "lora_experts"], "LORA"),
+    ],
+)
 def test_tiny_run(tmp_path, script, extra, peft_type):
     out = tmp_path / "run"
     _run([RECIPES / f"{script}.py", "--tiny", "--output_dir", out, *FAST, *extra])
@@ -65,10 +78,13 @@ def test_tiny_run(tmp_path, script, extra, peft_type):
     assert json.loads((out / "run_info.json").read_text())["world_size"] == 1
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--tiny", "--output_dir", "x", "--push_to_hub"], "--push_to_hub needs --hub_model_id"),
-    (["--tiny", "--output_dir", "x", "--batch_size", "5", "--micro_batch_size", "2"], "not a multiple"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--tiny", "--output_dir", "x", "--push_to_hub"], "--push_to_hub needs --hub_model_id"),
+        (["--tiny", "--output_dir", "x", "--batch_size", "5", "--micro_batch_size", "2"], "not a multiple"),
+    ],
+)
 def test_flag_errors(argv, message, capsys):
     parser = runpy.run_path(str(RECIPES / "mixtral_perft_r.py"), run_name="errors")["p"]
     with pytest.raises(SystemExit):
@@ -76,10 +92,13 @@ def test_flag_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("yaml_text, argv, message", [
-    ("learning_rat: 1.0e-4\n", ["--tiny"], "unknown keys: learning_rat"),
-    ("batch_size: 4\nmicro_batch_size: 2\n", [], "give --model"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, argv, message",
+    [
+        ("learning_rat: 1.0e-4\n", ["--tiny"], "unknown keys: learning_rat"),
+        ("batch_size: 4\nmicro_batch_size: 2\n", [], "give --model"),
+    ],
+)
 def test_config_file_errors(tmp_path, capsys, yaml_text, argv, message):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml_text)
@@ -98,10 +117,30 @@ def test_mixtral_perft_r_on_deepspeed_zero3_with_two_processes(tmp_path):
     out = tmp_path / "zero3"
     # The paper's lr (2e-5 after 100 warmup steps) would move B (~1e-6 at init_weights="perft") by ~1e-6 in 4 steps:
     # too little to tell a trained adapter from a fresh one, so this run trains at a constant 1e-3.
-    command = [RECIPES / "mixtral_perft_r.py", "--tiny", "--max_steps", "4", "--output_dir", out, "--probe_logits",
-               "--learning_rate", "1e-3", "--warmup_steps", "0"]
-    launcher = ("timeout", "840", sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                RECIPES / "configs" / "accelerate_zero3_cpu.yaml", "--num_processes", "2")
+    command = [
+        RECIPES / "mixtral_perft_r.py",
+        "--tiny",
+        "--max_steps",
+        "4",
+        "--output_dir",
+        out,
+        "--probe_logits",
+        "--learning_rate",
+        "1e-3",
+        "--warmup_steps",
+        "0",
+    ]
+    launcher = (
+        "timeout",
+        "840",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        RECIPES / "configs" / "accelerate_zero3_cpu.yaml",
+        "--num_processes",
+        "2",
+    )
     log = _run(command, timeout=900, launcher=launcher)
     assert "[perft-peft] rank 0/2 ready" in log and "[perft-peft] rank 1/2 ready" in log
     assert json.loads((out / "run_info.json").read_text())["world_size"] == 2

@@ -9,9 +9,8 @@ from peft import get_peft_model
 from safetensors.torch import load_file
 
 from perft_peft import LoraCoeConfig, PerftConfig
-from perft_peft.trainer import PerftTrainer, PerftTrainingArguments
-
 from perft_peft.testing import tiny_tokenizer
+from perft_peft.trainer import PerftTrainer, PerftTrainingArguments
 
 from .conftest import base_model
 from .reference import capture_router_inputs, reference_router_losses
@@ -25,9 +24,19 @@ def _dataset(rows=16, length=10):
 
 
 def _args(tmp_path, **kwargs):
-    defaults = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, learning_rate=1e-2, logging_steps=1,
-                    report_to=[], use_cpu=True, save_strategy="no", seed=0, data_seed=0, max_steps=4,
-                    disable_tqdm=True)
+    defaults = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        seed=0,
+        data_seed=0,
+        max_steps=4,
+        disable_tqdm=True,
+    )
     return PerftTrainingArguments(**{**defaults, **kwargs})
 
 
@@ -36,8 +45,7 @@ def _perft_model(**kwargs):
 
 
 def _loracoe_model():
-    return get_peft_model(base_model(), LoraCoeConfig(r=4, lora_alpha=8, num_experts=2,
-                                                      target_modules=LORACOE_TARGETS))
+    return get_peft_model(base_model(), LoraCoeConfig(r=4, lora_alpha=8, num_experts=2, target_modules=LORACOE_TARGETS))
 
 
 def _params(model, needle):
@@ -46,8 +54,9 @@ def _params(model, needle):
 
 def test_aux_loss_equals_independent_computation():
     model = _perft_model(init_weights=False).train()
-    trainer = PerftTrainer(model=model, args=_args("unused", router_aux_loss_coef=0.5, router_z_loss_coef=0.1),
-                           train_dataset=_dataset())
+    trainer = PerftTrainer(
+        model=model, args=_args("unused", router_aux_loss_coef=0.5, router_z_loss_coef=0.1), train_dataset=_dataset()
+    )
     captured = capture_router_inputs(model)
     batch = {k: torch.tensor(v) for k, v in _dataset(2, 7)[:2].items()}
     batch["attention_mask"][1, 5:] = 0
@@ -55,14 +64,18 @@ def test_aux_loss_equals_independent_computation():
     balance, z = reference_router_losses(captured, batch["attention_mask"].reshape(-1).bool(), top_k=2)
     with torch.no_grad():
         model_loss = model(**batch, output_router_logits=True).loss  # LM loss + 0.02 * base aux (Mixtral)
-    torch.testing.assert_close(loss.detach().double(), model_loss.double() + 0.5 * balance + 0.1 * z,
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        loss.detach().double(), model_loss.double() + 0.5 * balance + 0.1 * z, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_aux_losses_average_over_gradient_accumulation():
     model = _perft_model(init_weights=False).train()
-    trainer = PerftTrainer(model=model, args=_args("unused", gradient_accumulation_steps=2,
-                                                   router_aux_loss_coef=0.5), train_dataset=_dataset())
+    trainer = PerftTrainer(
+        model=model,
+        args=_args("unused", gradient_accumulation_steps=2, router_aux_loss_coef=0.5),
+        train_dataset=_dataset(),
+    )
     trainer.current_gradient_accumulation_steps = 2
     captured = capture_router_inputs(model)
     batch = {k: torch.tensor(v) for k, v in _dataset(2, 7)[:2].items()}
@@ -80,11 +93,15 @@ def test_aux_coefficient_changes_router_trajectory_and_base_never_changes(tmp_pa
     routers, base_before = [], _params(base_model(), "")
     for coef in (0.0, 5.0):
         model = _perft_model()
-        PerftTrainer(model=model, args=_args(tmp_path / str(coef), router_aux_loss_coef=coef),
-                     train_dataset=_dataset()).train()
+        PerftTrainer(
+            model=model, args=_args(tmp_path / str(coef), router_aux_loss_coef=coef), train_dataset=_dataset()
+        ).train()
         routers.append(_params(model, "perft_router"))
-        base_after = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
-                      for n, p in model.named_parameters() if "perft_" not in n}
+        base_after = {
+            n.replace("base_model.model.", "").replace(".base_layer", ""): p
+            for n, p in model.named_parameters()
+            if "perft_" not in n
+        }
         assert base_after.keys() == base_before.keys()
         assert all(torch.equal(base_after[n], base_before[n]) for n in base_before)
     assert any(not torch.allclose(routers[0][n], routers[1][n]) for n in routers[0])
@@ -95,9 +112,15 @@ def test_logs_plots_and_routing_stats(tmp_path):
     trainer = PerftTrainer(model=model, args=_args(tmp_path, router_z_loss_coef=0.001), train_dataset=_dataset())
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    for key in ("aux_loss/perft_balance", "aux_loss/perft_z", "aux_loss/base", "routing/load_cv",
-                "routing/load_entropy", "routing/layers.0.mlp.experts/default/load_cv",
-                "routing/layers.1.mlp.experts/default/load_entropy"):
+    for key in (
+        "aux_loss/perft_balance",
+        "aux_loss/perft_z",
+        "aux_loss/base",
+        "routing/load_cv",
+        "routing/load_entropy",
+        "routing/layers.0.mlp.experts/default/load_cv",
+        "routing/layers.1.mlp.experts/default/load_entropy",
+    ):
         assert all(key in h for h in logs), key
     stats = json.loads((tmp_path / "routing_stats.json").read_text())["perft"]
     assert "loracoe" not in json.loads((tmp_path / "routing_stats.json").read_text())
@@ -108,16 +131,21 @@ def test_logs_plots_and_routing_stats(tmp_path):
 
 
 def test_keep_base_aux_loss_off_trains_without_router_logits(tmp_path):
-    trainer = PerftTrainer(model=_perft_model(), args=_args(tmp_path, keep_base_aux_loss=False, max_steps=1),
-                           train_dataset=_dataset())
+    trainer = PerftTrainer(
+        model=_perft_model(), args=_args(tmp_path, keep_base_aux_loss=False, max_steps=1), train_dataset=_dataset()
+    )
     trainer.train()
     assert "aux_loss/base" not in trainer.state.log_history[0]
 
 
 def test_gradient_checkpointing(tmp_path):
-    trainer = PerftTrainer(model=_perft_model(), args=_args(
-        tmp_path, max_steps=2, gradient_checkpointing=True,
-        gradient_checkpointing_kwargs={"use_reentrant": False}), train_dataset=_dataset())
+    trainer = PerftTrainer(
+        model=_perft_model(),
+        args=_args(
+            tmp_path, max_steps=2, gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+        ),
+        train_dataset=_dataset(),
+    )
     trainer.train()
     assert trainer.state.log_history[0]["aux_loss/perft_balance"] > 0
 
@@ -136,15 +164,25 @@ class _RecordRouter:
         class Callback(TrainerCallback):
             def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
                 routers = [p for n, p in trainer.model.named_parameters() if "loracoe_router" in n]
-                recorder.steps.append((state.global_step, [p.detach().clone() for p in routers],
-                                       routers[0].requires_grad, optimizer.param_groups[0]["lr"]))
+                recorder.steps.append(
+                    (
+                        state.global_step,
+                        [p.detach().clone() for p in routers],
+                        routers[0].requires_grad,
+                        optimizer.param_groups[0]["lr"],
+                    )
+                )
+
         return Callback()
 
 
 def _base_params(model, adapter_prefix):
     """The base model's parameters inside a peft model, under the base model's own names."""
-    return {n.replace("base_model.model.", "").replace(".base_layer", ""): p.detach()
-            for n, p in model.named_parameters() if adapter_prefix not in n}
+    return {
+        n.replace("base_model.model.", "").replace(".base_layer", ""): p.detach()
+        for n, p in model.named_parameters()
+        if adapter_prefix not in n
+    }
 
 
 def test_loracoe_two_phases(tmp_path):
@@ -157,10 +195,19 @@ def test_loracoe_two_phases(tmp_path):
     routers_before = list(_params(model, "loracoe_router").values())  # the order the callback records them in
     base_before = _params(base_model(), "")
     record = _RecordRouter()
-    trainer = PerftTrainer(model=model, args=_args(tmp_path, max_steps=5, loracoe_warmup_steps=2,
-                                                   loracoe_warmup_learning_rate=3e-2, learning_rate=1e-2,
-                                                   lr_scheduler_type="linear", weight_decay=0.1),
-                           train_dataset=_dataset())
+    trainer = PerftTrainer(
+        model=model,
+        args=_args(
+            tmp_path,
+            max_steps=5,
+            loracoe_warmup_steps=2,
+            loracoe_warmup_learning_rate=3e-2,
+            learning_rate=1e-2,
+            lr_scheduler_type="linear",
+            weight_decay=0.1,
+        ),
+        train_dataset=_dataset(),
+    )
     trainer.add_callback(record(trainer))
     trainer.train()
     lrs = [h["learning_rate"] for h in trainer.state.log_history if "loss" in h]
@@ -189,8 +236,14 @@ def test_loracoe_two_phases(tmp_path):
 def test_exact_resume(tmp_path, resume_at):
     def run(output_dir, resume=None):
         model = _loracoe_model()
-        args = _args(output_dir, max_steps=6, loracoe_warmup_steps=3, loracoe_warmup_learning_rate=3e-2,
-                     save_strategy="steps", save_steps=2)
+        args = _args(
+            output_dir,
+            max_steps=6,
+            loracoe_warmup_steps=3,
+            loracoe_warmup_learning_rate=3e-2,
+            save_strategy="steps",
+            save_steps=2,
+        )
         trainer = PerftTrainer(model=model, args=args, train_dataset=_dataset())
         trainer.train(resume_from_checkpoint=resume)
         return _params(model, "loracoe_")
@@ -204,13 +257,16 @@ def test_exact_resume(tmp_path, resume_at):
     assert any(k.endswith("loracoe_router") for k in saved)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(loracoe_warmup_steps=2, loracoe_warmup_epochs=1.0), "not both"),
-    (dict(loracoe_warmup_epochs=1.0), "needs epoch-based training"),
-    (dict(max_steps=-1, num_train_epochs=2, loracoe_warmup_epochs=2.0), "leaves no joint training"),
-    (dict(router_aux_loss_coef=-1.0), "router_aux_loss_coef must be >= 0"),
-    (dict(loracoe_warmup_learning_rate=0.0), "must be > 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(loracoe_warmup_steps=2, loracoe_warmup_epochs=1.0), "not both"),
+        (dict(loracoe_warmup_epochs=1.0), "needs epoch-based training"),
+        (dict(max_steps=-1, num_train_epochs=2, loracoe_warmup_epochs=2.0), "leaves no joint training"),
+        (dict(router_aux_loss_coef=-1.0), "router_aux_loss_coef must be >= 0"),
+        (dict(loracoe_warmup_learning_rate=0.0), "must be > 0"),
+    ],
+)
 def test_argument_validation(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         _args(tmp_path, **kwargs)
@@ -228,11 +284,18 @@ def test_mixin_with_trl_sft_trainer(tmp_path):
     class PerftSFTTrainer(PerftTrainerMixin, trl.SFTTrainer):
         pass
 
-    config = trl.SFTConfig(output_dir=str(tmp_path), max_steps=2, report_to=[], use_cpu=True, save_strategy="no",
-                           logging_steps=1,
-                           per_device_train_batch_size=2)
-    trainer = PerftSFTTrainer(model=_perft_model(), args=config, train_dataset=_dataset(),
-                              processing_class=tiny_tokenizer())
+    config = trl.SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        per_device_train_batch_size=2,
+    )
+    trainer = PerftSFTTrainer(
+        model=_perft_model(), args=config, train_dataset=_dataset(), processing_class=tiny_tokenizer()
+    )
     trainer.train()
     assert "aux_loss/perft_balance" in trainer.state.log_history[0]
 

@@ -6,5 +6,11 @@ from .output_dir import OutputDirBusy
 from .routing import RoutingStats
 from .trainer import PerftTrainer, PerftTrainerMixin
 
-__all__ = ["NonFiniteError", "OutputDirBusy", "PerftTrainer", "PerftTrainerMixin", "PerftTrainingArguments",
-           "RoutingStats"]
+__all__ = [
+    "NonFiniteError",
+    "OutputDirBusy",
+    "PerftTrainer",
+    "PerftTrainerMixin",
+    "PerftTrainingArguments",
+    "RoutingStats",
+]

@@ -13,8 +13,10 @@ from transformers import TrainingArguments
 class PerftTrainingArguments(TrainingArguments):
     router_aux_loss_coef: float = field(
         default=0.01,
-        metadata={"help": "Weight of the load-balancing loss over PERFT-R's own experts (PERFT paper: 0.01 for "
-                          "OLMoE, 0.02 for Mixtral). Ignored for adapters without a router."},
+        metadata={
+            "help": "Weight of the load-balancing loss over PERFT-R's own experts (PERFT paper: 0.01 for "
+            "OLMoE, 0.02 for Mixtral). Ignored for adapters without a router."
+        },
     )
     router_z_loss_coef: float = field(
         default=0.0,
@@ -22,36 +24,50 @@ class PerftTrainingArguments(TrainingArguments):
     )
     keep_base_aux_loss: bool = field(
         default=True,
-        metadata={"help": "Keep the base model's own auxiliary losses on (load balancing through "
-                          "`output_router_logits`, and the router z-loss where the family has one), as the PERFT "
-                          "paper does. False trains on the language-model loss plus PERFT's terms only."},
+        metadata={
+            "help": "Keep the base model's own auxiliary losses on (load balancing through "
+            "`output_router_logits`, and the router z-loss where the family has one), as the PERFT "
+            "paper does. False trains on the language-model loss plus PERFT's terms only."
+        },
     )
     loracoe_warmup_steps: Optional[int] = field(
         default=None,
-        metadata={"help": "LoRACoE: optimizer steps of plain-LoRA warmup (router off and frozen) before joint "
-                          "training. Give this or loracoe_warmup_epochs, not both."},
+        metadata={
+            "help": "LoRACoE: optimizer steps of plain-LoRA warmup (router off and frozen) before joint "
+            "training. Give this or loracoe_warmup_epochs, not both."
+        },
     )
     loracoe_warmup_epochs: Optional[float] = field(
         default=None,
-        metadata={"help": "LoRACoE: epochs of plain-LoRA warmup (paper: 2 of 4). Needs num_train_epochs-based "
-                          "training (max_steps unset)."},
+        metadata={
+            "help": "LoRACoE: epochs of plain-LoRA warmup (paper: 2 of 4). Needs num_train_epochs-based "
+            "training (max_steps unset)."
+        },
     )
     loracoe_warmup_learning_rate: Optional[float] = field(
         default=None,
-        metadata={"help": "LoRACoE: constant learning rate during warmup (paper: 2e-4; joint training then uses "
-                          "learning_rate, paper: 5e-5, with lr_scheduler_type). Default: learning_rate."},
+        metadata={
+            "help": "LoRACoE: constant learning rate during warmup (paper: 2e-4; joint training then uses "
+            "learning_rate, paper: 5e-5, with lr_scheduler_type). Default: learning_rate."
+        },
     )
 
     resume_from_other_run: bool = field(
         default=False,
-        metadata={"help": "Resume from a checkpoint whose run fingerprint (adapter config, learning rate, seed, data, "
-                          "...) differs from this run's. Off: such a checkpoint is refused, listing the differences."},
+        metadata={
+            "help": "Resume from a checkpoint whose run fingerprint (adapter config, learning rate, seed, data, "
+            "...) differs from this run's. Off: such a checkpoint is refused, listing the differences."
+        },
     )
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("router_aux_loss_coef", "router_z_loss_coef", "loracoe_warmup_epochs",
-                     "loracoe_warmup_learning_rate"):
+        for name in (
+            "router_aux_loss_coef",
+            "router_z_loss_coef",
+            "loracoe_warmup_epochs",
+            "loracoe_warmup_learning_rate",
+        ):
             if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}.")
         for name in ("router_aux_loss_coef", "router_z_loss_coef"):
@@ -65,11 +81,15 @@ class PerftTrainingArguments(TrainingArguments):
             if self.loracoe_warmup_epochs < 0:
                 raise ValueError(f"loracoe_warmup_epochs must be >= 0, got {self.loracoe_warmup_epochs}.")
             if self.max_steps > 0:
-                raise ValueError("loracoe_warmup_epochs needs epoch-based training; with max_steps set, give "
-                                 "loracoe_warmup_steps instead.")
+                raise ValueError(
+                    "loracoe_warmup_epochs needs epoch-based training; with max_steps set, give "
+                    "loracoe_warmup_steps instead."
+                )
             if self.loracoe_warmup_epochs >= self.num_train_epochs:
-                raise ValueError(f"loracoe_warmup_epochs={self.loracoe_warmup_epochs} leaves no joint training "
-                                 f"within num_train_epochs={self.num_train_epochs}.")
+                raise ValueError(
+                    f"loracoe_warmup_epochs={self.loracoe_warmup_epochs} leaves no joint training "
+                    f"within num_train_epochs={self.num_train_epochs}."
+                )
         if self.loracoe_warmup_learning_rate is not None and self.loracoe_warmup_learning_rate <= 0:
             raise ValueError(f"loracoe_warmup_learning_rate must be > 0, got {self.loracoe_warmup_learning_rate}.")
 

@@ -55,8 +55,11 @@ def latest_intact(output_dir: str, identity: dict, allow_other_run: bool = False
             foreign.append(path)
         else:
             if skipped:
-                print(f"[perft-peft] skipping {', '.join(skipped)} in {output_dir}; resuming from {name}, which is "
-                      "intact", flush=True)
+                print(
+                    f"[perft-peft] skipping {', '.join(skipped)} in {output_dir}; resuming from {name}, which is "
+                    "intact",
+                    flush=True,
+                )
             return path
     if foreign:
         check_same_run(foreign[0], identity, allow_other_run=False)  # raises, with the differences
@@ -76,14 +79,15 @@ def other_run(checkpoint: str, identity: dict) -> list[str]:
 def check_same_run(checkpoint: str, identity: dict, allow_other_run: bool) -> None:
     """Refuse a checkpoint another run wrote (other settings), unless ``allow_other_run``."""
     if not os.path.isfile(os.path.join(checkpoint, FINGERPRINT_NAME)):
-        print(f"[perft-peft] {checkpoint} has no {FINGERPRINT_NAME}: cannot check that this run wrote it",
-              flush=True)
+        print(f"[perft-peft] {checkpoint} has no {FINGERPRINT_NAME}: cannot check that this run wrote it", flush=True)
         return
     diff = other_run(checkpoint, identity)
     if diff and not allow_other_run:
-        raise ValueError(f"{checkpoint} was written by another run; resuming would continue that run under this "
-                         f"run's name. Differences: {'; '.join(diff[:8])}. Use a fresh output_dir, or set "
-                         "resume_from_other_run (--resume_from_other_run) to resume it anyway.")
+        raise ValueError(
+            f"{checkpoint} was written by another run; resuming would continue that run under this "
+            f"run's name. Differences: {'; '.join(diff[:8])}. Use a fresh output_dir, or set "
+            "resume_from_other_run (--resume_from_other_run) to resume it anyway."
+        )
 
 
 def check_adapter_fits(checkpoint: str, model) -> None:
@@ -101,18 +105,25 @@ def check_adapter_fits(checkpoint: str, model) -> None:
         with open(config_path) as f:
             saved_type = json.load(f).get("peft_type")
         if saved_type != str(config.peft_type.value):
-            raise ValueError(f"{checkpoint} holds a {saved_type} adapter, but the model has a "
-                             f"{config.peft_type.value} adapter: it cannot be resumed from.")
+            raise ValueError(
+                f"{checkpoint} holds a {saved_type} adapter, but the model has a "
+                f"{config.peft_type.value} adapter: it cannot be resumed from."
+            )
     expected = {key: tuple(getattr(t, "ds_shape", t.shape)) for key, t in get_peft_model_state_dict(model).items()}
     with safe_open(weights_path, framework="pt") as f:
         saved = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
     problems = [f"{k} missing" for k in sorted(set(expected) - set(saved))]
     problems += [f"{k} unexpected" for k in sorted(set(saved) - set(expected))]
-    problems += [f"{k} is {saved[k]} there, {expected[k]} in the model" for k in sorted(set(saved) & set(expected))
-                 if saved[k] != expected[k] and expected[k] != (0,)]  # (0,): partitioned by ZeRO-3, shape unknown
+    problems += [
+        f"{k} is {saved[k]} there, {expected[k]} in the model"
+        for k in sorted(set(saved) & set(expected))
+        if saved[k] != expected[k] and expected[k] != (0,)
+    ]  # (0,): partitioned by ZeRO-3, shape unknown
     if problems:
-        raise ValueError(f"The adapter in {checkpoint} does not fit the model ({len(problems)} problems: "
-                         f"{'; '.join(problems[:5])}): it was made for another adapter configuration.")
+        raise ValueError(
+            f"The adapter in {checkpoint} does not fit the model ({len(problems)} problems: "
+            f"{'; '.join(problems[:5])}): it was made for another adapter configuration."
+        )
 
 
 def ends_run(checkpoint: str, max_steps: int, num_train_epochs: float) -> bool:

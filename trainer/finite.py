@@ -35,9 +35,11 @@ def first_non_finite_module(model: nn.Module, inputs: dict) -> str | None:
     def hook(name):
         def check(module, args, output):
             tensors = output if isinstance(output, (tuple, list)) else (getattr(output, "logits", output),)
-            if not first and any(torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()
-                                 for t in tensors):
+            if not first and any(
+                torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all() for t in tensors
+            ):
                 first.append(f"{name} ({type(module).__name__})")
+
         return check
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
@@ -49,16 +51,19 @@ def first_non_finite_module(model: nn.Module, inputs: dict) -> str | None:
     return first[0] if first else None
 
 
-def describe_non_finite_loss(model: nn.Module, inputs: dict, loss: torch.Tensor, step: int,
-                             trace_forward: bool = True) -> str:
+def describe_non_finite_loss(
+    model: nn.Module, inputs: dict, loss: torch.Tensor, step: int, trace_forward: bool = True
+) -> str:
     """Why the loss is non-finite: a batch without labels, non-finite parameters, and (``trace_forward``, not
     under ZeRO-3 where one rank cannot run a forward alone) the first module whose output is non-finite."""
     message = f"The training loss is {float(loss)} at step {step}: training stopped, nothing more is saved."
     labels = inputs.get("labels")
     if torch.is_tensor(labels) and not (labels != IGNORE_INDEX).any():
-        return message + (f" No token of this batch has a label (every label is {IGNORE_INDEX}), so the loss is "
-                          "0/0: drop the examples that masking leaves without a label (tokenize_dataset warns with "
-                          "their count), or raise cutoff_len.")
+        return message + (
+            f" No token of this batch has a label (every label is {IGNORE_INDEX}), so the loss is "
+            "0/0: drop the examples that masking leaves without a label (tokenize_dataset warns with "
+            "their count), or raise cutoff_len."
+        )
     parameters = non_finite_parameters(model)
     if parameters:
         message += f" Non-finite parameters: {', '.join(parameters)}."
@@ -66,16 +71,22 @@ def describe_non_finite_loss(model: nn.Module, inputs: dict, loss: torch.Tensor,
     if module:
         message += f" The first module with a non-finite output is {module}."
     if not parameters:
-        message += (" No parameter is non-finite, so the values overflowed in the forward or backward pass: lower "
-                    "the learning rate, or train in float32/bf16 instead of fp16.")
+        message += (
+            " No parameter is non-finite, so the values overflowed in the forward or backward pass: lower "
+            "the learning rate, or train in float32/bf16 instead of fp16."
+        )
     return message
 
 
 def check_finite_tensors(tensors: dict, where: str) -> None:
     """Raise before anything is written if a tensor to save holds a NaN or an infinity."""
-    bad = [key for key, value in tensors.items()
-           if torch.is_tensor(value) and value.is_floating_point() and value.numel()
-           and not torch.isfinite(value).all()]
+    bad = [
+        key
+        for key, value in tensors.items()
+        if torch.is_tensor(value) and value.is_floating_point() and value.numel() and not torch.isfinite(value).all()
+    ]
     if bad:
-        raise NonFiniteError(f"Refusing to save the adapter to {where}: {len(bad)} tensors hold NaN or infinite "
-                             f"values ({', '.join(bad[:5])}). The previous save there is left as it was.")
+        raise NonFiniteError(
+            f"Refusing to save the adapter to {where}: {len(bad)} tensors hold NaN or infinite "
+            f"values ({', '.join(bad[:5])}). The previous save there is left as it was."
+        )

@@ -62,8 +62,10 @@ def output_dir_lock(output_dir: str | os.PathLike):
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise OutputDirBusy(f"{output_dir} is being written by another run (PID {holder}, lock {path}): wait "
-                                "for it to end, or use another --output_dir.") from None
+            raise OutputDirBusy(
+                f"{output_dir} is being written by another run (PID {holder}, lock {path}): wait "
+                "for it to end, or use another --output_dir."
+            ) from None
         try:  # the holder may have removed the file between our open and flock: then lock the new one
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 break
@@ -72,8 +74,9 @@ def output_dir_lock(output_dir: str | os.PathLike):
         os.close(fd)
     previous = os.pread(fd, 64, 0).decode(errors="replace").strip()
     if previous:
-        print(f"[perft-peft] {output_dir}: taking over the lock left by PID {previous}, which no longer runs",
-              flush=True)
+        print(
+            f"[perft-peft] {output_dir}: taking over the lock left by PID {previous}, which no longer runs", flush=True
+        )
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     _held[path] = [fd, 1]
@@ -98,8 +101,10 @@ def recover(output_dir: str | os.PathLike) -> None:
     output_dir, staging = os.path.realpath(output_dir), staging_dir(output_dir)
     if os.path.isdir(staging):
         if os.path.exists(os.path.join(staging, COMPLETE)):
-            print(f"[perft-peft] {output_dir}: finishing the publication of a final result interrupted by a kill",
-                  flush=True)
+            print(
+                f"[perft-peft] {output_dir}: finishing the publication of a final result interrupted by a kill",
+                flush=True,
+            )
             _finish(staging, output_dir)
         else:
             shutil.rmtree(staging)

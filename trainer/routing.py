@@ -12,7 +12,6 @@ from torch import nn
 from perft_peft.loracoe.layer import LoraCoeLayer
 from perft_peft.perft.layer import PerftLayer
 
-
 STATE_NAME = "routing_state.json"  # in each checkpoint
 
 
@@ -45,7 +44,8 @@ class RoutingStats:
                 key = f"{name}/{adapter}"
                 index = record.top_k_index.reshape(-1)
                 counts = torch.zeros(record.num_experts, device=index.device).index_add_(
-                    0, index, torch.ones_like(index, dtype=torch.float32))
+                    0, index, torch.ones_like(index, dtype=torch.float32)
+                )
                 self.window[key] = self.window.get(key, 0) + counts
                 self.total[key] = self.total.get(key, 0) + counts
         for name, layer in self.loracoe_layers:
@@ -84,15 +84,21 @@ class RoutingStats:
             cv, entropy = self.health(counts)
             load = (counts / counts.sum().clamp(min=1)).cpu().tolist()
             perft[key] = {"load": load, "tokens": int(counts.sum()), "load_cv": cv, "load_entropy": entropy}
-        loracoe = {key: {"rank_usage": (total / batches).cpu().tolist(), "batches": batches}
-                   for key, (total, batches) in self.rank_usage.items()}
+        loracoe = {
+            key: {"rank_usage": (total / batches).cpu().tolist(), "batches": batches}
+            for key, (total, batches) in self.rank_usage.items()
+        }
         return {name: part for name, part in (("perft", perft), ("loracoe", loracoe)) if part}
 
     def save_state(self, checkpoint: str) -> None:
         """The run's totals so far, into a checkpoint, so that a resumed run's statistics cover the whole run."""
-        state = {"total": {key: counts.cpu().tolist() for key, counts in self.total.items()},
-                 "rank_usage": {key: [torch.as_tensor(total).cpu().tolist(), batches]
-                                for key, (total, batches) in self.rank_usage.items()}}
+        state = {
+            "total": {key: counts.cpu().tolist() for key, counts in self.total.items()},
+            "rank_usage": {
+                key: [torch.as_tensor(total).cpu().tolist(), batches]
+                for key, (total, batches) in self.rank_usage.items()
+            },
+        }
         with open(os.path.join(checkpoint, STATE_NAME), "w") as f:
             json.dump(state, f)
 
@@ -101,16 +107,22 @@ class RoutingStats:
         path = os.path.join(checkpoint, STATE_NAME)
         if not os.path.isfile(path):
             if self.layers or self.loracoe_layers:
-                print(f"[perft-peft] {checkpoint} has no {STATE_NAME}: routing statistics cover the resumed steps "
-                      "only", flush=True)
+                print(
+                    f"[perft-peft] {checkpoint} has no {STATE_NAME}: routing statistics cover the resumed steps only",
+                    flush=True,
+                )
             return
         with open(path) as f:
             state = json.load(f)
         devices = {name: _device(layer) for name, layer in self.layers + self.loracoe_layers}
-        self.total = {key: torch.tensor(counts, device=devices.get(key.rsplit("/", 1)[0]))
-                      for key, counts in state["total"].items()}
-        self.rank_usage = {key: [torch.tensor(total, device=devices.get(key.rsplit("/", 1)[0])), batches]
-                           for key, (total, batches) in state["rank_usage"].items()}
+        self.total = {
+            key: torch.tensor(counts, device=devices.get(key.rsplit("/", 1)[0]))
+            for key, counts in state["total"].items()
+        }
+        self.rank_usage = {
+            key: [torch.tensor(total, device=devices.get(key.rsplit("/", 1)[0])), batches]
+            for key, (total, batches) in state["rank_usage"].items()
+        }
 
     def save(self, output_dir: str) -> list[str]:
         """Write routing_stats.json plus, per adapter, a heatmap with one row per layer: expert load (PERFT)
@@ -122,8 +134,10 @@ class RoutingStats:
         paths = [os.path.join(output_dir, "routing_stats.json")]
         with open(paths[0], "w") as f:
             json.dump(summary, f, indent=2)
-        plots = (("perft", "load", "expert", "expert load (share of routed tokens)", "expert_load"),
-                 ("loracoe", "rank_usage", "rank", "rank usage (mean composition weight c)", "rank_usage"))
+        plots = (
+            ("perft", "load", "expert", "expert load (share of routed tokens)", "expert_load"),
+            ("loracoe", "rank_usage", "rank", "rank usage (mean composition weight c)", "rank_usage"),
+        )
         for part, field, xlabel, title, stem in plots:
             entries = summary.get(part, {})
             for adapter in sorted({key.rsplit("/", 1)[1] for key in entries}):

@@ -28,21 +28,47 @@ from .output_dir import output_dir_lock, publish, recover, staging_dir
 from .routing import RoutingStats
 
 # Defaults for the mixin when the Trainer's args are not PerftTrainingArguments (e.g. a plain SFTConfig).
-_DEFAULTS = {name: PerftTrainingArguments.__dataclass_fields__[name].default for name in (
-    "router_aux_loss_coef", "router_z_loss_coef", "keep_base_aux_loss", "loracoe_warmup_steps",
-    "loracoe_warmup_epochs", "loracoe_warmup_learning_rate", "resume_from_other_run")}
+_DEFAULTS = {
+    name: PerftTrainingArguments.__dataclass_fields__[name].default
+    for name in (
+        "router_aux_loss_coef",
+        "router_z_loss_coef",
+        "keep_base_aux_loss",
+        "loracoe_warmup_steps",
+        "loracoe_warmup_epochs",
+        "loracoe_warmup_learning_rate",
+        "resume_from_other_run",
+    )
+}
 # The TrainingArguments that define what a run computes (its length excluded: a run may be resumed to go further).
 # The batch enters as its global size, so a run may resume on another number of devices.
-IDENTITY_ARGS = ("learning_rate", "seed", "data_seed", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
-                 "warmup_ratio", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim",
-                 "bf16", "fp16", *(name for name in _DEFAULTS if name != "resume_from_other_run"))
+IDENTITY_ARGS = (
+    "learning_rate",
+    "seed",
+    "data_seed",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "warmup_steps",
+    "warmup_ratio",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "optim",
+    "bf16",
+    "fp16",
+    *(name for name in _DEFAULTS if name != "resume_from_other_run"),
+)
 
 
 def _two_phase(warmup_steps: int, warmup_ratio: float, joint):
     """LR multiplier: constant ``warmup_ratio`` for the first steps, then the joint schedule restarted at 0.
     A plain function (not a callable object) so LambdaLR's state_dict stays picklable."""
+
     def lr_lambda(step: int) -> float:
         return warmup_ratio if step < warmup_steps else joint(step - warmup_steps)
+
     return lr_lambda
 
 
@@ -63,8 +89,10 @@ class PerftTrainerMixin:
         self.loracoe_layers = [m for m in model.modules() if isinstance(m, LoraCoeLayer)]
         if self._arg("loracoe_warmup_steps") or self._arg("loracoe_warmup_epochs"):
             if not self.loracoe_layers:
-                raise ValueError("loracoe_warmup_steps/epochs is set, but the model has no LoRACoE adapter. "
-                                 "Remove the warmup arguments or wrap the model with a LoraCoeConfig.")
+                raise ValueError(
+                    "loracoe_warmup_steps/epochs is set, but the model has no LoRACoE adapter. "
+                    "Remove the warmup arguments or wrap the model with a LoraCoeConfig."
+                )
         elif self._arg("loracoe_warmup_learning_rate") is not None:
             raise ValueError("loracoe_warmup_learning_rate is set without loracoe_warmup_steps/epochs.")
         if not any(isinstance(m, BaseTunerLayer) for m in model.modules()):
@@ -101,8 +129,9 @@ class PerftTrainerMixin:
         model = self.accelerator.unwrap_model(self.model)
         peft = {name: config.to_dict() for name, config in getattr(model, "peft_config", {}).items()}
         training = {name: getattr(self.args, name, None) for name in IDENTITY_ARGS}
-        training["global_batch_size"] = (self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
-                                         * self.args.world_size)
+        training["global_batch_size"] = (
+            self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        )
         return checkpoints.normalise({"peft": peft, "training": training, "run": self.run_identity})
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
@@ -120,11 +149,16 @@ class PerftTrainerMixin:
         """The checkpoint to resume from (for True: the latest intact one this run wrote), once it is known to be
         this run's and to fit the model; its routing statistics are restored."""
         identity, allow_other_run = self.run_fingerprint(), bool(self._arg("resume_from_other_run"))
-        path = (checkpoints.latest_intact(self.args.output_dir, identity, allow_other_run) if checkpoint is True
-                else str(checkpoint))
+        path = (
+            checkpoints.latest_intact(self.args.output_dir, identity, allow_other_run)
+            if checkpoint is True
+            else str(checkpoint)
+        )
         if not os.path.isfile(os.path.join(path, TRAINER_STATE_NAME)):
-            raise ValueError(f"{path} is not an intact checkpoint (no {TRAINER_STATE_NAME}: its save was "
-                             f"interrupted). Resume from an earlier checkpoint, or pass True for the latest intact.")
+            raise ValueError(
+                f"{path} is not an intact checkpoint (no {TRAINER_STATE_NAME}: its save was "
+                f"interrupted). Resume from an earlier checkpoint, or pass True for the latest intact."
+            )
         checkpoints.check_same_run(path, identity, allow_other_run)
         checkpoints.check_adapter_fits(path, self.accelerator.unwrap_model(self.model))
         self.routing.load(path)
@@ -134,10 +168,12 @@ class PerftTrainerMixin:
         """Resuming a checkpoint that ends the run trains nothing: the model gets its weights, as the finished
         run left them."""
         if self.is_deepspeed_enabled:
-            raise ValueError(f"{checkpoint} already ends this run: there is nothing left to train. Its adapter is "
-                             "the run's result.")
-        print(f"[perft-peft] {checkpoint} already ends this run: nothing left to train; loading its weights",
-              flush=True)
+            raise ValueError(
+                f"{checkpoint} already ends this run: there is nothing left to train. Its adapter is the run's result."
+            )
+        print(
+            f"[perft-peft] {checkpoint} already ends this run: nothing left to train; loading its weights", flush=True
+        )
         self._load_from_checkpoint(checkpoint)
         self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
         return TrainOutput(self.state.global_step, float("nan"), {})
@@ -146,9 +182,15 @@ class PerftTrainerMixin:
         loss = super().training_step(model, inputs, *args, **kwargs)
         # One host sync per micro-batch, as transformers' own logging_nan_inf_filter (which would hide this) does.
         if not torch.isfinite(loss).all():
-            raise NonFiniteError(describe_non_finite_loss(
-                self.accelerator.unwrap_model(model), self._prepare_inputs(inputs), loss, self.state.global_step + 1,
-                trace_forward=not self.is_deepspeed_enabled))
+            raise NonFiniteError(
+                describe_non_finite_loss(
+                    self.accelerator.unwrap_model(model),
+                    self._prepare_inputs(inputs),
+                    loss,
+                    self.state.global_step + 1,
+                    trace_forward=not self.is_deepspeed_enabled,
+                )
+            )
         return loss
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False, *, extra=None) -> None:
@@ -180,8 +222,11 @@ class PerftTrainerMixin:
             from peft.utils import get_peft_model_state_dict
 
             model = self.accelerator.unwrap_model(self.model)
-            tensors = state_dict if state_dict is not None else (
-                get_peft_model_state_dict(model) if hasattr(model, "peft_config") else model.state_dict())
+            tensors = (
+                state_dict
+                if state_dict is not None
+                else (get_peft_model_state_dict(model) if hasattr(model, "peft_config") else model.state_dict())
+            )
             check_finite_tensors(tensors, output_dir or self.args.output_dir)
         super()._save(output_dir, state_dict)
 
@@ -193,8 +238,7 @@ class PerftTrainerMixin:
         base_coef = getattr(self._model_config(), "router_aux_loss_coef", None)
         if base_coef is not None and "output_router_logits" not in inputs:
             inputs = {**inputs, "output_router_logits": bool(keep_base and training)}
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
-                                             num_items_in_batch=num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if training:
             loss = self._add_aux_losses(loss, outputs, inputs, num_items_in_batch, base_coef)
             self.routing.update()
@@ -207,12 +251,15 @@ class PerftTrainerMixin:
         # Same rule as Trainer.training_step, including a subclass's own `loss_is_scaled_for_ga`.
         scaled = getattr(self, "loss_is_scaled_for_ga", None)
         if scaled is None:
-            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None
-                      or self.compute_loss_func is not None)
+            scaled = (
+                self.model_accepts_loss_kwargs and num_items_in_batch is not None or self.compute_loss_func is not None
+            )
         per_step = 1.0 / self.current_gradient_accumulation_steps if scaled else 1.0
         mask = inputs.get("attention_mask")
-        terms = [("aux_loss/perft_balance", self._arg("router_aux_loss_coef"), load_balancing_loss),
-                 ("aux_loss/perft_z", self._arg("router_z_loss_coef"), router_z_loss)]
+        terms = [
+            ("aux_loss/perft_balance", self._arg("router_aux_loss_coef"), load_balancing_loss),
+            ("aux_loss/perft_z", self._arg("router_z_loss_coef"), router_z_loss),
+        ]
         for key, coef, fn in terms:
             if coef:
                 value = fn(self.model, mask)
@@ -255,19 +302,28 @@ class PerftTrainerMixin:
         return super().create_optimizer(*args, **kwargs)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        warmup = self.args.loracoe_warmup_steps_for(num_training_steps) if self.loracoe_layers and isinstance(
-            self.args, PerftTrainingArguments) else 0
+        warmup = (
+            self.args.loracoe_warmup_steps_for(num_training_steps)
+            if self.loracoe_layers and isinstance(self.args, PerftTrainingArguments)
+            else 0
+        )
         self.loracoe_warmup_steps = warmup
         if not warmup or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)
         optimizer = optimizer if optimizer is not None else self.optimizer
         joint_steps = num_training_steps - warmup
-        joint = get_scheduler(self.args.lr_scheduler_type, optimizer=optimizer,
-                              num_warmup_steps=self.args.get_warmup_steps(joint_steps),
-                              num_training_steps=joint_steps, scheduler_specific_kwargs=self.args.lr_scheduler_kwargs)
+        joint = get_scheduler(
+            self.args.lr_scheduler_type,
+            optimizer=optimizer,
+            num_warmup_steps=self.args.get_warmup_steps(joint_steps),
+            num_training_steps=joint_steps,
+            scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
+        )
         if not isinstance(joint, LambdaLR):
-            raise ValueError(f"lr_scheduler_type={self.args.lr_scheduler_type!r} cannot follow a LoRACoE warmup; "
-                             "use a step-based schedule such as 'linear', 'cosine' or 'constant'.")
+            raise ValueError(
+                f"lr_scheduler_type={self.args.lr_scheduler_type!r} cannot follow a LoRACoE warmup; "
+                "use a step-based schedule such as 'linear', 'cosine' or 'constant'."
+            )
         ratio = (self._arg("loracoe_warmup_learning_rate") or self.args.learning_rate) / self.args.learning_rate
         self.lr_scheduler = LambdaLR(optimizer, [_two_phase(warmup, ratio, f) for f in joint.lr_lambdas])
         self._created_lr_scheduler = True

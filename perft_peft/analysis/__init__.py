@@ -12,6 +12,16 @@ from .patterns import (
     task_correlation,
 )
 
-__all__ = ["DimensionVariance", "RankImportance", "by_module_type", "dimension_variance", "lora_factors",
-           "plot_correlations", "plot_dimension_variance", "plot_rank_importance", "rank_correlation",
-           "rank_importance", "task_correlation"]
+__all__ = [
+    "DimensionVariance",
+    "RankImportance",
+    "by_module_type",
+    "dimension_variance",
+    "lora_factors",
+    "plot_correlations",
+    "plot_dimension_variance",
+    "plot_rank_importance",
+    "rank_correlation",
+    "rank_importance",
+    "task_correlation",
+]

@@ -50,9 +50,12 @@ class Panel:
 
 def _panel(title: str, parts: Sequence[tuple[torch.Tensor, torch.Tensor, int]]) -> Panel:
     """parts: (vectors [V, D], expert index [V], kind) -> one Panel."""
-    return Panel(title, torch.cat([v.detach().float().cpu() for v, _, _ in parts]),
-                 torch.cat([e for _, e, _ in parts]),
-                 torch.cat([torch.full((len(v),), kind) for v, _, kind in parts]))
+    return Panel(
+        title,
+        torch.cat([v.detach().float().cpu() for v, _, _ in parts]),
+        torch.cat([e for _, e, _ in parts]),
+        torch.cat([torch.full((len(v),), kind) for v, _, kind in parts]),
+    )
 
 
 def _rows_by_expert(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,6 +65,7 @@ def _rows_by_expert(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # -- vectors of the base model ----------------------------------------------------------------------------------------
+
 
 def up_projection(experts: nn.Module) -> torch.Tensor:
     """The experts' up-projections W_up [N, I, D]: ``up_proj``, or the second half of a fused ``gate_up_proj``
@@ -74,8 +78,10 @@ def up_projection(experts: nn.Module) -> torch.Tensor:
     fused = getattr(experts, "gate_up_proj", None)
     if isinstance(fused, torch.Tensor) and fused.dim() == 3 and fused.shape[-1] == D and fused.shape[1] % 2 == 0:
         return fused.chunk(2, dim=1)[1]
-    raise ValueError(f"{type(experts).__name__} keeps its up-projection in a layout Figure 6 does not read (expected "
-                     "up_proj [N, I, D] or gate_up_proj [N, 2I, D]).")
+    raise ValueError(
+        f"{type(experts).__name__} keeps its up-projection in a layout Figure 6 does not read (expected "
+        "up_proj [N, I, D] or gate_up_proj [N, 2I, D])."
+    )
 
 
 def router_weight(block: nn.Module, num_experts: int, hidden: int) -> torch.Tensor:
@@ -84,16 +90,19 @@ def router_weight(block: nn.Module, num_experts: int, hidden: int) -> torch.Tens
         weight = getattr(getattr(block, name, None), "weight", None)
         if isinstance(weight, torch.Tensor) and tuple(weight.shape) == (num_experts, hidden):
             return weight
-    raise ValueError(f"No router weight [{num_experts}, {hidden}] found in {type(block).__name__} "
-                     "(looked for .gate.weight and .router.weight).")
+    raise ValueError(
+        f"No router weight [{num_experts}, {hidden}] found in {type(block).__name__} "
+        "(looked for .gate.weight and .router.weight)."
+    )
 
 
 def moe_layer(model: nn.Module, layer_index: int) -> tuple[nn.Module, nn.Module]:
     """(MoE block, experts module) of decoder layer ``layer_index`` (wrapped by PERFT or not)."""
     names = [n for n in moe.find_experts_modules(model) if re.search(rf"\.layers\.{layer_index}\.", f".{n}.")]
     if not names:
-        found = sorted({int(m.group(1)) for n in moe.find_experts_modules(model)
-                        if (m := re.search(r"layers\.(\d+)\.", n))})
+        found = sorted(
+            {int(m.group(1)) for n in moe.find_experts_modules(model) if (m := re.search(r"layers\.(\d+)\.", n))}
+        )
         raise ValueError(f"Layer {layer_index} has no MoE experts module; MoE layers: {found}.")
     name = names[0].removesuffix(".base_layer")
     return model.get_submodule(name.rpartition(".")[0]), model.get_submodule(name)
@@ -110,8 +119,14 @@ def base_panel(model: nn.Module, layer_index: int, title: str = "Base model") ->
 
 # -- vectors of a saved PERFT adapter ---------------------------------------------------------------------------------
 
-def adapter_panel(tensors: Mapping[str, torch.Tensor], config: Mapping, layer_index: int,
-                  base_router: torch.Tensor | None = None, title: str | None = None) -> Panel:
+
+def adapter_panel(
+    tensors: Mapping[str, torch.Tensor],
+    config: Mapping,
+    layer_index: int,
+    base_router: torch.Tensor | None = None,
+    title: str | None = None,
+) -> Panel:
     """A PERFT adapter's vectors in one layer, from its saved tensors (``adapter_model.safetensors``): the rows of
     every PEFT expert's A, PERFT-R's router rows, and for PERFT-E the base router's rows (``base_router``)."""
     if config.get("peft_type") != "PERFT":
@@ -133,8 +148,10 @@ def adapter_panel(tensors: Mapping[str, torch.Tensor], config: Mapping, layer_in
 
 def default_title(config: Mapping) -> str:
     variant, r = config.get("variant"), config.get("r")
-    detail = {"R": f" (Top{config.get('top_k')}/{config.get('num_experts')})",
-              "D": f" ({config.get('num_experts')})"}.get(variant, "")
+    detail = {
+        "R": f" (Top{config.get('top_k')}/{config.get('num_experts')})",
+        "D": f" ({config.get('num_experts')})",
+    }.get(variant, "")
     return f"PERFT-{variant}{detail}, r={r}"
 
 
@@ -147,6 +164,7 @@ def load_adapter(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
 
 
 # -- the projection ---------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Projection:
@@ -169,8 +187,9 @@ class Projection:
         return torch.as_tensor(self.umap.transform(reduced.numpy()), dtype=torch.float32)
 
 
-def fit_projection(key_vectors: torch.Tensor, explained: float = EXPLAINED_VARIANCE,
-                   use_umap: bool | None = None) -> Projection:
+def fit_projection(
+    key_vectors: torch.Tensor, explained: float = EXPLAINED_VARIANCE, use_umap: bool | None = None
+) -> Projection:
     """Standardise each feature, PCA by SVD keeping the fewest components (at least 2) explaining ``explained`` of
     the variance, then fit UMAP on them if ``use_umap`` (default: when umap-learn is installed)."""
     x = key_vectors.double()
@@ -202,14 +221,16 @@ def umap_available() -> bool:
 
 # -- the figure -------------------------------------------------------------------------------------------------------
 
+
 def project_panels(panels: Sequence[Panel], use_umap: bool | None = None) -> tuple[Projection, list[torch.Tensor]]:
     """Fit on the first panel's (the base model's) key vectors; project every panel's vectors with it."""
     projection = fit_projection(panels[0].key_vectors, use_umap=use_umap)
     return projection, [projection(p.vectors) for p in panels]
 
 
-def plot_figure6(panels: Sequence[Panel], path: str | os.PathLike, *, use_umap: bool | None = None,
-                 suptitle: str | None = None):
+def plot_figure6(
+    panels: Sequence[Panel], path: str | os.PathLike, *, use_umap: bool | None = None, suptitle: str | None = None
+):
     """Draw the panels side by side (shared axes) into ``path``; returns (figure, projection, coordinates)."""
     import matplotlib
 
@@ -217,18 +238,33 @@ def plot_figure6(panels: Sequence[Panel], path: str | os.PathLike, *, use_umap: 
     import matplotlib.pyplot as plt
 
     projection, coordinates = project_panels(panels, use_umap)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.2), sharex=True, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.2), sharex=True, sharey=True, squeeze=False)
     cmap = plt.get_cmap("hsv")
     for ax, panel, xy in zip(axes[0], panels, coordinates):
         n = int(panel.expert.max()) + 1
         colours = cmap((panel.expert.numpy() % n) / max(n, 1))
         keys, routers = (panel.kind == KEY).numpy(), (panel.kind == ROUTER).numpy()
-        ax.scatter(xy[keys, 0], xy[keys, 1], c=colours[keys], s=8, marker="o", alpha=0.6, linewidths=0,
-                   label="key memory vectors")
+        ax.scatter(
+            xy[keys, 0],
+            xy[keys, 1],
+            c=colours[keys],
+            s=8,
+            marker="o",
+            alpha=0.6,
+            linewidths=0,
+            label="key memory vectors",
+        )
         if routers.any():
-            ax.scatter(xy[routers, 0], xy[routers, 1], c=colours[routers], s=120, marker="*", edgecolors="black",
-                       linewidths=0.5, label="expert vectors (router)")
+            ax.scatter(
+                xy[routers, 0],
+                xy[routers, 1],
+                c=colours[routers],
+                s=120,
+                marker="*",
+                edgecolors="black",
+                linewidths=0.5,
+                label="expert vectors (router)",
+            )
         ax.set_title(panel.title)
     method = "PCA + UMAP" if projection.umap is not None else "PCA (PC1, PC2)"
     axes[0][0].legend(loc="best", fontsize=7)
@@ -239,8 +275,14 @@ def plot_figure6(panels: Sequence[Panel], path: str | os.PathLike, *, use_umap: 
     return fig, projection, coordinates
 
 
-def figure6(base_model: nn.Module, adapters: Mapping[str, str | os.PathLike], layer_index: int,
-            path: str | os.PathLike, *, use_umap: bool | None = None):
+def figure6(
+    base_model: nn.Module,
+    adapters: Mapping[str, str | os.PathLike],
+    layer_index: int,
+    path: str | os.PathLike,
+    *,
+    use_umap: bool | None = None,
+):
     """Figure 6 for saved PERFT adapters (title -> adapter directory) on ``base_model``, one layer."""
     base = base_panel(base_model, layer_index)
     block, experts = moe_layer(base_model, layer_index)
@@ -262,15 +304,28 @@ def _adapter_argument(text: str) -> tuple[str, str]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m perft_peft.analysis.figure6", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--adapter", nargs="+", required=True, type=_adapter_argument, metavar="DIR[=TITLE]",
-                   help="saved PERFT adapter directories, one panel each (title: its variant by default)")
+    p = argparse.ArgumentParser(
+        prog="python -m perft_peft.analysis.figure6",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--adapter",
+        nargs="+",
+        required=True,
+        type=_adapter_argument,
+        metavar="DIR[=TITLE]",
+        help="saved PERFT adapter directories, one panel each (title: its variant by default)",
+    )
     p.add_argument("--base_model", help="base model (Hub id or directory); default: the first adapter's")
     p.add_argument("--layer", type=int, required=True, help="decoder layer index (the paper shows OLMoE layer 8)")
     p.add_argument("--output", required=True, help="image file to write (.png, .pdf, ...)")
-    p.add_argument("--projection", choices=["auto", "pca", "umap"], default="auto",
-                   help="auto: UMAP after PCA when umap-learn is installed, else PCA alone")
+    p.add_argument(
+        "--projection",
+        choices=["auto", "pca", "umap"],
+        default="auto",
+        help="auto: UMAP after PCA when umap-learn is installed, else PCA alone",
+    )
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     args = p.parse_args(argv)
     if args.projection == "umap" and not umap_available():
@@ -281,17 +336,20 @@ def main(argv=None) -> None:
         p.error("the adapter records no base model: give --base_model")
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base_id, dtype=args.dtype if args.dtype == "auto"
-                                                 else getattr(torch, args.dtype))
+    model = AutoModelForCausalLM.from_pretrained(
+        base_id, dtype=args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+    )
     adapters = {}
     for (directory, title), config in zip(args.adapter, configs):
         title = title or default_title(config)
         adapters[title if title not in adapters else f"{title} ({directory})"] = directory
     use_umap = {"auto": None, "pca": False, "umap": True}[args.projection]
     _, projection, _ = figure6(model, adapters, args.layer, args.output, use_umap=use_umap)
-    print(f"wrote {args.output} ({'PCA + UMAP' if projection.umap is not None else 'PCA'}; "
-          f"{projection.components.shape[0]} components explain "
-          f"{float(projection.explained_variance_ratio.sum()):.0%} of the FFN key vectors' variance)")
+    print(
+        f"wrote {args.output} ({'PCA + UMAP' if projection.umap is not None else 'PCA'}; "
+        f"{projection.components.shape[0]} components explain "
+        f"{float(projection.explained_variance_ratio.sum()):.0%} of the FFN key vectors' variance)"
+    )
 
 
 if __name__ == "__main__":

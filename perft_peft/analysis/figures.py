@@ -49,8 +49,9 @@ def task_sources(args) -> dict[str, Path]:
     return {b.name: b.data_path(args.data_dir) for b in resolve(args.tasks)}
 
 
-def importance_per_task(model, tokenizer, sources: dict[str, Path], max_records: int, batch_size: int,
-                        cutoff_len: int) -> dict[str, RankImportance]:
+def importance_per_task(
+    model, tokenizer, sources: dict[str, Path], max_records: int, batch_size: int, cutoff_len: int
+) -> dict[str, RankImportance]:
     """Eq. 3 on each task's first ``max_records`` records, loss on the responses only."""
     from torch.utils.data import DataLoader
 
@@ -69,9 +70,11 @@ def importance_per_task(model, tokenizer, sources: dict[str, Path], max_records:
 def mean_importance(results: dict[str, RankImportance]) -> RankImportance:
     """The element-wise importance averaged over the tasks (Figure 2 pools them)."""
     first = next(iter(results.values()))
-    return RankImportance(A={m: sum(r.A[m] for r in results.values()) / len(results) for m in first.A},
-                          B={m: sum(r.B[m] for r in results.values()) / len(results) for m in first.B},
-                          num_batches=sum(r.num_batches for r in results.values()))
+    return RankImportance(
+        A={m: sum(r.A[m] for r in results.values()) / len(results) for m in first.A},
+        B={m: sum(r.B[m] for r in results.values()) / len(results) for m in first.B},
+        num_batches=sum(r.num_batches for r in results.values()),
+    )
 
 
 def main(argv=None) -> dict[str, str]:
@@ -95,10 +98,14 @@ def main(argv=None) -> dict[str, str]:
     output.mkdir(parents=True, exist_ok=True)
     modules = args.modules or list(next(iter(results.values())).A)[:3]
     pooled = mean_importance(results)
-    paths = {"figure2": plot_dimension_variance(pooled, output / "figure2.png"),
-             "figure3": plot_correlations(results, modules, output / "figure3.png")}
-    summary = {"tasks": {task: {m: v.tolist() for m, v in r.per_rank.items()} for task, r in results.items()},
-               "dimension_variance": {m: vars(v) for m, v in dimension_variance(pooled).items()}}
+    paths = {
+        "figure2": plot_dimension_variance(pooled, output / "figure2.png"),
+        "figure3": plot_correlations(results, modules, output / "figure3.png"),
+    }
+    summary = {
+        "tasks": {task: {m: v.tolist() for m, v in r.per_rank.items()} for task, r in results.items()},
+        "dimension_variance": {m: vars(v) for m, v in dimension_variance(pooled).items()},
+    }
     (output / "importance.json").write_text(json.dumps(summary, indent=1))
     return paths
 

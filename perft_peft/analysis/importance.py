@@ -59,10 +59,15 @@ def lora_factors(model: nn.Module, adapter_name: str | None = None) -> dict[str,
     return factors
 
 
-def rank_importance(model: nn.Module, dataloader: Iterable, *,
-                    loss_fn: Callable[[nn.Module, object], torch.Tensor] | None = None,
-                    adapter_name: str | None = None, max_batches: int | None = None,
-                    progress: bool = True) -> RankImportance:
+def rank_importance(
+    model: nn.Module,
+    dataloader: Iterable,
+    *,
+    loss_fn: Callable[[nn.Module, object], torch.Tensor] | None = None,
+    adapter_name: str | None = None,
+    max_batches: int | None = None,
+    progress: bool = True,
+) -> RankImportance:
     """Eq. 3 for the A and B of every LoRA-like layer (LoRACoE, LoRAMoE-partition, peft LoRA).
 
     Batches are dicts of model inputs with ``labels`` (the model returns ``.loss``) unless ``loss_fn(model, batch)``
@@ -97,8 +102,9 @@ def rank_importance(model: nn.Module, dataloader: Iterable, *,
     if num_batches == 0:
         raise ValueError("The dataloader yielded no batch.")
     scores = [(grad / num_batches * p.detach().float()).abs() for grad, p in zip(grads, params)]
-    return RankImportance(A=dict(zip(factors, scores[0::2])), B=dict(zip(factors, scores[1::2])),
-                          num_batches=num_batches)
+    return RankImportance(
+        A=dict(zip(factors, scores[0::2])), B=dict(zip(factors, scores[1::2])), num_batches=num_batches
+    )
 
 
 def _model_loss(model: nn.Module, batch) -> torch.Tensor:
@@ -111,8 +117,14 @@ def _model_loss(model: nn.Module, batch) -> torch.Tensor:
     return loss
 
 
-def plot_rank_importance(result: RankImportance, path: str | os.PathLike, *, sort: bool = True,
-                         normalise: bool = True, title: str | None = None) -> str:
+def plot_rank_importance(
+    result: RankImportance,
+    path: str | os.PathLike,
+    *,
+    sort: bool = True,
+    normalise: bool = True,
+    title: str | None = None,
+) -> str:
     """A modules x ranks heatmap PNG like the paper's Figures 3-4.
 
     ``sort``: each module's ranks in descending order (as in Figure 4), so the number of important ranks reads off

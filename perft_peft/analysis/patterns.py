@@ -51,8 +51,10 @@ def by_module_type(variances: Mapping[str, DimensionVariance]) -> dict[str, Dime
     groups: dict[str, list[DimensionVariance]] = {}
     for name, value in variances.items():
         groups.setdefault(name.rsplit(".", 1)[-1], []).append(value)
-    return {kind: DimensionVariance(sum(v.rank for v in values) / len(values), sum(v.io for v in values) / len(values))
-            for kind, values in sorted(groups.items())}
+    return {
+        kind: DimensionVariance(sum(v.rank for v in values) / len(values), sum(v.io for v in values) / len(values))
+        for kind, values in sorted(groups.items())
+    }
 
 
 def _shares(result: RankImportance, module: str) -> torch.Tensor:
@@ -96,15 +98,17 @@ def plot_dimension_variance(result: RankImportance, path: str | os.PathLike, tit
     return _save(figure, path)
 
 
-def plot_correlations(results: Mapping[str, RankImportance], modules: list[str], path: str | os.PathLike,
-                      title: str | None = None) -> str:
+def plot_correlations(
+    results: Mapping[str, RankImportance], modules: list[str], path: str | os.PathLike, title: str | None = None
+) -> str:
     """Figure 3: per module, the task x task (top) and rank x rank (bottom) correlation heatmaps."""
     figure, axes = _figure(2, len(modules), (3 * len(modules) + 1, 6))
     axes = axes.reshape(2, len(modules))
     tasks = list(results)
     for column, module in enumerate(modules):
-        for row, (matrix, labels) in enumerate([(task_correlation(results, module), tasks),
-                                                (rank_correlation(results, module), None)]):
+        for row, (matrix, labels) in enumerate(
+            [(task_correlation(results, module), tasks), (rank_correlation(results, module), None)]
+        ):
             ax = axes[row, column]
             image = ax.imshow(matrix.numpy(), vmin=-1, vmax=1, cmap="RdBu_r", interpolation="nearest")
             if labels is not None:
@@ -115,8 +119,9 @@ def plot_correlations(results: Mapping[str, RankImportance], modules: list[str],
                 ax.set_ylabel("rank")
             ax.set_title(module if row == 0 else "", fontsize=7)
     figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="Pearson correlation")
-    figure.suptitle(title or "Correlation of per-rank importance: across tasks (top), across ranks (bottom)",
-                    fontsize=9)
+    figure.suptitle(
+        title or "Correlation of per-rank importance: across tasks (top), across ranks (bottom)", fontsize=9
+    )
     return _save(figure, path)
 
 

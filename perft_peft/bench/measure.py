@@ -30,15 +30,19 @@ def timed(fn: Callable[[], object], device: torch.device, clock: Callable[[], fl
     return clock() - begin
 
 
-def interleaved_times(calls: dict[str, Callable[[], object]], repeats: int, device: torch.device,
-                      progress: Callable[[Iterable], Iterable] = iter,
-                      clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+def interleaved_times(
+    calls: dict[str, Callable[[], object]],
+    repeats: int,
+    device: torch.device,
+    progress: Callable[[Iterable], Iterable] = iter,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
     """Time every call once per repetition, in an order rotated each repetition, so drift in the machine's speed
     (thermals, other processes) falls on all of them alike instead of on whichever ran last."""
     names = list(calls)
     times: dict[str, list[float]] = {name: [] for name in names}
     for rep in progress(range(repeats)):
-        for name in names[rep % len(names):] + names[:rep % len(names)]:
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
             times[name].append(timed(calls[name], device, clock))
     return times
 

@@ -27,11 +27,26 @@ from dataclasses import dataclass
 from ..baselines import TARGETS, lora_config
 
 ATTENTION = ["q_proj", "v_proj"]
-GROUPS = {"R": "PERFT-R", "E": "PERFT-E", "D": "PERFT-D", "S": "PERFT-S", "lora_attn": "LoRA (q,v)",
-          "lora_router": "LoRA (router)", "lora_experts": "LoRA (experts)", "loracoe": "LoRACoE (q,v)",
-          "loramoe": "LoRAMoE (q,v)"}
-_KEYS = {"R": {"r", "M", "K"}, "E": {"r"}, "D": {"r", "M"}, "S": {"r"}, "loracoe": {"r", "E"},
-         "loramoe": {"r", "E"}, **{name: {"r"} for name in TARGETS}}
+GROUPS = {
+    "R": "PERFT-R",
+    "E": "PERFT-E",
+    "D": "PERFT-D",
+    "S": "PERFT-S",
+    "lora_attn": "LoRA (q,v)",
+    "lora_router": "LoRA (router)",
+    "lora_experts": "LoRA (experts)",
+    "loracoe": "LoRACoE (q,v)",
+    "loramoe": "LoRAMoE (q,v)",
+}
+_KEYS = {
+    "R": {"r", "M", "K"},
+    "E": {"r"},
+    "D": {"r", "M"},
+    "S": {"r"},
+    "loracoe": {"r", "E"},
+    "loramoe": {"r", "E"},
+    **{name: {"r"} for name in TARGETS},
+}
 STRUCTURE = set().union(*_KEYS.values())
 ALIASES = {"init": "init_weights"}
 ROUTER_OFF = "router=off"
@@ -56,8 +71,12 @@ class Method:
     @property
     def label(self) -> str:
         """As in the papers' tables: PERFT-R (Top2/8), PERFT-D (2), LoRACoE (E=2), ..."""
-        detail = {"R": f" (Top{self.K}/{self.M})", "D": f" ({self.M})", "loracoe": f" E={self.E}",
-                  "loramoe": f" E={self.E}"}.get(self.kind, "")
+        detail = {
+            "R": f" (Top{self.K}/{self.M})",
+            "D": f" ({self.M})",
+            "loracoe": f" E={self.E}",
+            "loramoe": f" E={self.E}",
+        }.get(self.kind, "")
         extra = "".join(f" {key}={value}" for key, value in self.options)
         return f"{self.group}{detail}{extra}{' no router at inference' if self.router_off else ''} r={self.r}"
 
@@ -91,13 +110,19 @@ class Method:
         alpha = 2 * self.r
         # PERFT with peft LoRA's initialisation (B = 0), like every baseline here, so all methods start alike.
         if self.kind in ("R", "D"):
-            return PerftConfig(variant=self.kind, r=self.r, lora_alpha=alpha, num_experts=self.M, top_k=self.K,
-                               init_weights=True)
+            return PerftConfig(
+                variant=self.kind, r=self.r, lora_alpha=alpha, num_experts=self.M, top_k=self.K, init_weights=True
+            )
         if self.kind in ("E", "S"):
             return PerftConfig(variant=self.kind, r=self.r, lora_alpha=alpha, init_weights=True)
         if self.kind in ("loracoe", "loramoe"):
-            return LoraCoeConfig(r=self.r, lora_alpha=alpha, num_experts=self.E, target_modules=ATTENTION,
-                                 construction="composition" if self.kind == "loracoe" else "partition")
+            return LoraCoeConfig(
+                r=self.r,
+                lora_alpha=alpha,
+                num_experts=self.E,
+                target_modules=ATTENTION,
+                construction="composition" if self.kind == "loracoe" else "partition",
+            )
         return lora_config(self.kind, self.r)
 
 

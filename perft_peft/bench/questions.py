@@ -49,32 +49,58 @@ R = "R:M=8,K=2,r=5"  # PERFT-R (Top2/8); r = 5 activates as many parameters per 
 LORA = "lora_attn:r=8"
 COE = "loracoe:r=8,E=2"
 QUESTIONS = (
-    Question("perft_r_vs_lora", "PERFT-R vs LoRA on W_q, W_v at equal activated parameters",
-             "PERFT-R outperforms LoRA (q,v) (PERFT §4.2, Table 1: by up to 17.2% CR / 12.3% AR on OLMoE)",
-             (Comparison(R, LORA, "a>b"),), equal_activated=True),
-    Question("routed_dense_single", "Routed (R) vs dense (D) vs single (S) PEFT experts at equal activated "
-             "parameters", "PERFT-R generally outperforms the other variants; PERFT-D and PERFT-S fail to yield "
-             "competitive results (PERFT §4.2)",
-             (Comparison(R, "D:M=2,r=7", "a>b"), Comparison(R, "S:r=14", "a>b")), equal_activated=True),
-    Question("topk_at_fixed_m", "PERFT-R across Top-K/M at a fixed total of M=8 experts (PERFT Figure 5)",
-             "at a fixed total number of PEFT experts the gain from activating more is modest, and activating "
-             "fewer does not severely degrade performance (PERFT §4.3, Figure 5)",
-             (Comparison("R:M=8,K=2,r=5", "R:M=8,K=1,r=5", "a=b"), Comparison("R:M=8,K=4,r=5", R, "a=b"))),
-    Question("perft_e_vs_r", "PERFT-E vs PERFT-R with the same total number of experts",
-             "given the same total number of PEFT experts, PERFT-E consistently performs better than PERFT-R "
-             "(PERFT §4.3, Figure 4a; shown there at Top8/64, here Top2/8)",
-             (Comparison("E:r=7", R, "a>b"),), equal_activated=True),
-    Question("loracoe", "LoRACoE vs LoRA vs partition-LoRAMoE on W_q, W_v at equal rank; LoRACoE's E; its router "
-             "at inference", "LoRACoE beats LoRA and the partition-based LoRAMoE (LoRACoE Table 1); more experts "
-             "do not help significantly, and inference without the router costs a little, less than training "
-             "without it (Table 2; E=1 is not in the paper)",
-             (Comparison(COE, LORA, "a>b"), Comparison(COE, "loramoe:r=8,E=4", "a>b"),
-              Comparison("loracoe:r=8,E=4", COE, "a=b"), Comparison(COE, "loracoe:r=8,E=1", "a=b"),
-              Comparison(COE, f"{COE},router=off", "a>b"), Comparison(f"{COE},router=off", LORA, "a>b"))),
-    Question("perft_init", "PERFT's two initialisations: the official code's vs this library's",
-             "no published comparison; the official code (A ~ N(0, 2/r), B ~ 1e-6 N(0, 1)) moves faster at one "
-             "learning rate than ours (Kaiming A, B = 0); with each one's rate tuned, expected: no difference",
-             (Comparison(f"{R},init=perft", R, "a=b"),)),
+    Question(
+        "perft_r_vs_lora",
+        "PERFT-R vs LoRA on W_q, W_v at equal activated parameters",
+        "PERFT-R outperforms LoRA (q,v) (PERFT §4.2, Table 1: by up to 17.2% CR / 12.3% AR on OLMoE)",
+        (Comparison(R, LORA, "a>b"),),
+        equal_activated=True,
+    ),
+    Question(
+        "routed_dense_single",
+        "Routed (R) vs dense (D) vs single (S) PEFT experts at equal activated parameters",
+        "PERFT-R generally outperforms the other variants; PERFT-D and PERFT-S fail to yield "
+        "competitive results (PERFT §4.2)",
+        (Comparison(R, "D:M=2,r=7", "a>b"), Comparison(R, "S:r=14", "a>b")),
+        equal_activated=True,
+    ),
+    Question(
+        "topk_at_fixed_m",
+        "PERFT-R across Top-K/M at a fixed total of M=8 experts (PERFT Figure 5)",
+        "at a fixed total number of PEFT experts the gain from activating more is modest, and activating "
+        "fewer does not severely degrade performance (PERFT §4.3, Figure 5)",
+        (Comparison("R:M=8,K=2,r=5", "R:M=8,K=1,r=5", "a=b"), Comparison("R:M=8,K=4,r=5", R, "a=b")),
+    ),
+    Question(
+        "perft_e_vs_r",
+        "PERFT-E vs PERFT-R with the same total number of experts",
+        "given the same total number of PEFT experts, PERFT-E consistently performs better than PERFT-R "
+        "(PERFT §4.3, Figure 4a; shown there at Top8/64, here Top2/8)",
+        (Comparison("E:r=7", R, "a>b"),),
+        equal_activated=True,
+    ),
+    Question(
+        "loracoe",
+        "LoRACoE vs LoRA vs partition-LoRAMoE on W_q, W_v at equal rank; LoRACoE's E; its router at inference",
+        "LoRACoE beats LoRA and the partition-based LoRAMoE (LoRACoE Table 1); more experts "
+        "do not help significantly, and inference without the router costs a little, less than training "
+        "without it (Table 2; E=1 is not in the paper)",
+        (
+            Comparison(COE, LORA, "a>b"),
+            Comparison(COE, "loramoe:r=8,E=4", "a>b"),
+            Comparison("loracoe:r=8,E=4", COE, "a=b"),
+            Comparison(COE, "loracoe:r=8,E=1", "a=b"),
+            Comparison(COE, f"{COE},router=off", "a>b"),
+            Comparison(f"{COE},router=off", LORA, "a>b"),
+        ),
+    ),
+    Question(
+        "perft_init",
+        "PERFT's two initialisations: the official code's vs this library's",
+        "no published comparison; the official code (A ~ N(0, 2/r), B ~ 1e-6 N(0, 1)) moves faster at one "
+        "learning rate than ours (Kaiming A, B = 0); with each one's rate tuned, expected: no difference",
+        (Comparison(f"{R},init=perft", R, "a=b"),),
+    ),
 )
 
 
@@ -117,15 +143,25 @@ def answer(records: list[dict], questions=QUESTIONS) -> list[Answer]:
             found: list[Selection | None] = [selections.get(canonical(s)) for s in (comparison.a, comparison.b)]
             missing = tuple(s for s, f in zip((comparison.a, comparison.b), found) if f is None)
             if missing:
-                out.append(Answer(question, comparison, None, None, f"not run ({', '.join(missing)})",
-                                  "not run", None, missing))
+                out.append(
+                    Answer(
+                        question, comparison, None, None, f"not run ({', '.join(missing)})", "not run", None, missing
+                    )
+                )
                 continue
             a, b = found
             accuracy = paired_interval(a.per_seed("accuracy"), b.per_seed("accuracy"))
             loss = paired_interval(a.per_seed("loss"), b.per_seed("loss"))
             gain = Interval(-loss.mean, -loss.high, -loss.low, loss.n)  # b - a: the loss a saves, higher is better
-            out.append(Answer(question, comparison, accuracy, loss,
-                              verdict(accuracy, comparison.expect, EQUIVALENCE["accuracy"]),
-                              verdict(gain, comparison.expect, EQUIVALENCE["loss"]),
-                              (a.record["activated"], b.record["activated"])))
+            out.append(
+                Answer(
+                    question,
+                    comparison,
+                    accuracy,
+                    loss,
+                    verdict(accuracy, comparison.expect, EQUIVALENCE["accuracy"]),
+                    verdict(gain, comparison.expect, EQUIVALENCE["loss"]),
+                    (a.record["activated"], b.record["activated"]),
+                )
+            )
     return out

@@ -31,11 +31,13 @@ def machine_lines(device) -> list[str]:
     else:
         hardware = f"CPU {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, no GPU"
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
-    return [f"- Command: `{command}`",
-            f"- Machine: {hardware}",
-            f"- Software: Python {platform.python_version()}, torch {torch.__version__}, transformers "
-            f"{transformers.__version__}, peft {peft.__version__}",
-            f"- Date: {datetime.date.today().isoformat()}"]
+    return [
+        f"- Command: `{command}`",
+        f"- Machine: {hardware}",
+        f"- Software: Python {platform.python_version()}, torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, peft {peft.__version__}",
+        f"- Date: {datetime.date.today().isoformat()}",
+    ]
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

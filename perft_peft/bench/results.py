@@ -58,9 +58,14 @@ def select(records: list[dict]) -> dict[str, Selection]:
     chosen: dict[str, float | None] = {}
     grids: dict[str, dict] = {}
     for spec, runs in by_spec.items():
-        grid = {run["learning_rate"]: (mean_over_tasks(run["validation"], "accuracy"),
-                                       mean_over_tasks(run["validation"], "loss"))
-                for run in runs if run["seed"] == GRID_SEED}
+        grid = {
+            run["learning_rate"]: (
+                mean_over_tasks(run["validation"], "accuracy"),
+                mean_over_tasks(run["validation"], "loss"),
+            )
+            for run in runs
+            if run["seed"] == GRID_SEED
+        }
         grids[spec] = grid
         if grid:
             chosen[spec] = max(grid, key=lambda lr: (grid[lr][0], -grid[lr][1]))

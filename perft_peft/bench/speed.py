@@ -58,15 +58,23 @@ class ModelShape:
 def mixtral_shaped(shape: ModelShape, num_hidden_layers: int | None = None, dtype=torch.float32, seed: int = 0):
     """A randomly initialised Mixtral-shaped causal LM: Mixtral's ratios (FFN 3.5x hidden, 4 query heads per KV
     head, head dim 64) at ``shape``'s size."""
-    from ..testing import tiny_config
     from transformers import AutoModelForCausalLM
 
+    from ..testing import tiny_config
+
     heads = max(1, shape.hidden_size // 64)
-    config = tiny_config("mixtral", hidden_size=shape.hidden_size, intermediate_size=shape.hidden_size * 7 // 2,
-                         num_hidden_layers=num_hidden_layers or shape.num_hidden_layers, num_attention_heads=heads,
-                         num_key_value_heads=max(1, heads // 4), num_local_experts=shape.num_experts,
-                         num_experts_per_tok=shape.top_k, vocab_size=shape.vocab_size,
-                         max_position_embeddings=max(shape.seq_len, 128))
+    config = tiny_config(
+        "mixtral",
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.hidden_size * 7 // 2,
+        num_hidden_layers=num_hidden_layers or shape.num_hidden_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 4),
+        num_local_experts=shape.num_experts,
+        num_experts_per_tok=shape.top_k,
+        vocab_size=shape.vocab_size,
+        max_position_embeddings=max(shape.seq_len, 128),
+    )
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
@@ -76,25 +84,47 @@ def llama_shaped(shape: ModelShape, dtype=torch.float32, seed: int = 0):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     heads = max(1, shape.hidden_size // 64)
-    config = AutoConfig.for_model("llama", hidden_size=shape.hidden_size,
-                                  intermediate_size=shape.hidden_size * 11008 // 4096,
-                                  num_hidden_layers=shape.num_hidden_layers, num_attention_heads=heads,
-                                  num_key_value_heads=heads, vocab_size=shape.vocab_size,
-                                  max_position_embeddings=max(shape.seq_len, 128), bos_token_id=1, eos_token_id=2,
-                                  pad_token_id=0)
+    config = AutoConfig.for_model(
+        "llama",
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.hidden_size * 11008 // 4096,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        vocab_size=shape.vocab_size,
+        max_position_embeddings=max(shape.seq_len, 128),
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
-def olmoe_layer_model(hidden_size: int = 2048, num_experts: int = 64, top_k: int = 8, intermediate_size: int = 1024,
-                      dtype=torch.float32, seed: int = 0):
+def olmoe_layer_model(
+    hidden_size: int = 2048,
+    num_experts: int = 64,
+    top_k: int = 8,
+    intermediate_size: int = 1024,
+    dtype=torch.float32,
+    seed: int = 0,
+):
     """A one-layer OLMoE-shaped model; the benchmark uses its MoE block."""
-    from ..testing import tiny_config
     from transformers import AutoModelForCausalLM
 
-    config = tiny_config("olmoe", hidden_size=hidden_size, intermediate_size=intermediate_size, num_hidden_layers=1,
-                         num_attention_heads=max(1, hidden_size // 128), num_key_value_heads=max(1, hidden_size // 128),
-                         num_experts=num_experts, num_experts_per_tok=top_k, vocab_size=256)
+    from ..testing import tiny_config
+
+    config = tiny_config(
+        "olmoe",
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=1,
+        num_attention_heads=max(1, hidden_size // 128),
+        num_key_value_heads=max(1, hidden_size // 128),
+        num_experts=num_experts,
+        num_experts_per_tok=top_k,
+        vocab_size=256,
+    )
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
@@ -144,11 +174,20 @@ def _train_step(model, optimizer, batch, routed: bool):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
     return step
 
 
-def model_benchmark(shape: ModelShape, methods: list[str], baseline: str = MODEL_BASELINE, repeats: int = 10,
-                    warmup: int = 2, device=torch.device("cpu"), dtype=torch.float32, seed: int = 0) -> list[Row]:
+def model_benchmark(
+    shape: ModelShape,
+    methods: list[str],
+    baseline: str = MODEL_BASELINE,
+    repeats: int = 10,
+    warmup: int = 2,
+    device=torch.device("cpu"),
+    dtype=torch.float32,
+    seed: int = 0,
+) -> list[Row]:
     """Rows for the baseline then each method: step times (one per repetition), FLOPs and peak memory."""
     from peft import get_peft_model
 
@@ -173,22 +212,30 @@ def model_benchmark(shape: ModelShape, methods: list[str], baseline: str = MODEL
     return rows
 
 
-def _measure(rows: list[Row], calls: dict, holders: dict, repeats: int, warmup: int, device,
-             clock=time.perf_counter) -> None:
+def _measure(
+    rows: list[Row], calls: dict, holders: dict, repeats: int, warmup: int, device, clock=time.perf_counter
+) -> None:
     for row in tqdm(rows, desc="warm up, count FLOPs, measure memory"):
         for _ in range(warmup):  # first calls allocate optimizer state and warm caches
             calls[row.label]()
         row.flops = count_flops(calls[row.label])
         row.memory = peak_memory(calls[row.label], device, *holders.get(row.label, ()))
-    times = interleaved_times(calls, repeats, device, progress=lambda r: tqdm(r, desc="timed repetitions"),
-                              clock=clock)
+    times = interleaved_times(calls, repeats, device, progress=lambda r: tqdm(r, desc="timed repetitions"), clock=clock)
     for row in rows:
         row.times = times[row.label]
 
 
-def loracoe_benchmark(shape: ModelShape, r: int = 16, num_experts: int = 2, repeats: int = 30, warmup: int = 2,
-                      device=torch.device("cpu"), dtype=torch.float32, seed: int = 0,
-                      clock=time.perf_counter) -> list[Row]:
+def loracoe_benchmark(
+    shape: ModelShape,
+    r: int = 16,
+    num_experts: int = 2,
+    repeats: int = 30,
+    warmup: int = 2,
+    device=torch.device("cpu"),
+    dtype=torch.float32,
+    seed: int = 0,
+    clock=time.perf_counter,
+) -> list[Row]:
     """Training steps of peft LoRA, LoRACoE (joint phase) and LoRACoE in its warmup phase (no router) on a dense
     Llama-shaped model, r and targets equal (PAPER_TARGETS), lora_alpha = 2r. ``clock``: see measure.timed."""
     from peft import LoraConfig, get_peft_model
@@ -200,9 +247,11 @@ def loracoe_benchmark(shape: ModelShape, r: int = 16, num_experts: int = 2, repe
     ids = torch.randint(3, shape.vocab_size, (shape.batch_size, shape.seq_len), generator=generator).to(device)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
     coe = LoraCoeConfig(r=r, lora_alpha=2 * r, num_experts=num_experts, target_modules=PAPER_TARGETS)
-    variants = [(f"LoRA r={r}", LoraConfig(r=r, lora_alpha=2 * r, target_modules=PAPER_TARGETS), None),
-                (f"LoRACoE E={num_experts} r={r}", coe, "joint"),
-                (f"LoRACoE r={r}, warmup phase (no router)", copy.deepcopy(coe), "warmup")]
+    variants = [
+        (f"LoRA r={r}", LoraConfig(r=r, lora_alpha=2 * r, target_modules=PAPER_TARGETS), None),
+        (f"LoRACoE E={num_experts} r={r}", coe, "joint"),
+        (f"LoRACoE r={r}, warmup phase (no router)", copy.deepcopy(coe), "warmup"),
+    ]
     rows, steps, holders = [], {}, {}
     for label, config, phase in variants:
         model = get_peft_model(shared_copy(base), config).train()
@@ -215,8 +264,16 @@ def loracoe_benchmark(shape: ModelShape, r: int = 16, num_experts: int = 2, repe
     return rows
 
 
-def layer_benchmark(methods: list[str] = LAYER_METHODS, tokens: int = 512, repeats: int = 5, warmup: int = 1,
-                    device=torch.device("cpu"), dtype=torch.float32, seed: int = 0, **olmoe_shape) -> list[Row]:
+def layer_benchmark(
+    methods: list[str] = LAYER_METHODS,
+    tokens: int = 512,
+    repeats: int = 5,
+    warmup: int = 1,
+    device=torch.device("cpu"),
+    dtype=torch.float32,
+    seed: int = 0,
+    **olmoe_shape,
+) -> list[Row]:
     """The frozen OLMoE-shaped block alone, then with each adapter: forward + backward of one MoE block."""
     from peft import get_peft_model
 
@@ -233,6 +290,7 @@ def layer_benchmark(methods: list[str] = LAYER_METHODS, tokens: int = 512, repea
             x.grad = None
             for p in block.parameters():
                 p.grad = None
+
         return step
 
     base_block = base.model.layers[0].mlp.requires_grad_(False)
@@ -253,9 +311,17 @@ def layer_benchmark(methods: list[str] = LAYER_METHODS, tokens: int = 512, repea
     return rows
 
 
-def fusion_benchmark(in_features: int = 2048, out_features: int = 2048, tokens: int = 2048, r: int = 16,
-                     num_experts: int = 2, repeats: int = 20, device=torch.device("cpu"), dtype=torch.float32,
-                     seed: int = 0) -> dict[str, list[float]]:
+def fusion_benchmark(
+    in_features: int = 2048,
+    out_features: int = 2048,
+    tokens: int = 2048,
+    r: int = 16,
+    num_experts: int = 2,
+    repeats: int = 20,
+    device=torch.device("cpu"),
+    dtype=torch.float32,
+    seed: int = 0,
+) -> dict[str, list[float]]:
     """Forward time of one LoRACoE linear layer (joint phase), router fused into A's GEMM and not."""
     from peft import inject_adapter_in_model
 
@@ -273,6 +339,7 @@ def fusion_benchmark(in_features: int = 2048, out_features: int = 2048, tokens: 
             layer.fuse_router = fused
             with torch.no_grad():
                 layer(x)
+
         return call
 
     calls = {"fused": forward(True), "unfused": forward(False)}
@@ -282,6 +349,7 @@ def fusion_benchmark(in_features: int = 2048, out_features: int = 2048, tokens: 
 
 
 # -- the report ------------------------------------------------------------------------------------------------------
+
 
 def _ms(seconds: float) -> str:
     return f"{1000 * seconds:.1f}"
@@ -308,11 +376,30 @@ def model_table(rows: list[Row], tokens: int) -> str:
         time_ratio = paired_ratio(row.times, base.times)
         memory_ratio = row.memory / base.memory
         median = sorted(row.times)[len(row.times) // 2]
-        body.append([row.label, f"{row.activated:,}", _ms(median), f"{tokens / median:,.0f}", _ratio(*time_ratio),
-                     f"{row.flops / base.flops:.3f}", f"{row.memory / 2**20:,.0f}", f"{memory_ratio:.3f}",
-                     _target_cell(row, time_ratio[0], memory_ratio)])
-    header = ["method", "# Act.", "step (ms, median)", "tokens/s", f"time / {base.label} (median [IQR])",
-              "FLOP floor", "peak memory (MiB)", "memory ratio", "target"]
+        body.append(
+            [
+                row.label,
+                f"{row.activated:,}",
+                _ms(median),
+                f"{tokens / median:,.0f}",
+                _ratio(*time_ratio),
+                f"{row.flops / base.flops:.3f}",
+                f"{row.memory / 2**20:,.0f}",
+                f"{memory_ratio:.3f}",
+                _target_cell(row, time_ratio[0], memory_ratio),
+            ]
+        )
+    header = [
+        "method",
+        "# Act.",
+        "step (ms, median)",
+        "tokens/s",
+        f"time / {base.label} (median [IQR])",
+        "FLOP floor",
+        "peak memory (MiB)",
+        "memory ratio",
+        "target",
+    ]
     return markdown_table(header, body)
 
 
@@ -323,19 +410,35 @@ def layer_table(rows: list[Row], tokens: int) -> str:
     body = []
     for row in rows:
         median = sorted(row.times)[len(row.times) // 2]
-        body.append([row.label, f"{row.activated:,}", _ms(median), f"{tokens / median:,.0f}",
-                     _ratio(*paired_ratio(row.times, base.times)), f"{row.flops / base.flops:.3f}",
-                     f"{row.memory / 2**20:,.0f}"])
-    header = ["block", "# Act.", "fwd+bwd (ms, median)", "tokens/s", "time / frozen block (median [IQR])",
-              "FLOP floor", "peak memory (MiB)"]
+        body.append(
+            [
+                row.label,
+                f"{row.activated:,}",
+                _ms(median),
+                f"{tokens / median:,.0f}",
+                _ratio(*paired_ratio(row.times, base.times)),
+                f"{row.flops / base.flops:.3f}",
+                f"{row.memory / 2**20:,.0f}",
+            ]
+        )
+    header = [
+        "block",
+        "# Act.",
+        "fwd+bwd (ms, median)",
+        "tokens/s",
+        "time / frozen block (median [IQR])",
+        "FLOP floor",
+        "peak memory (MiB)",
+    ]
     return markdown_table(header, body)
 
 
 def fusion_table(times: dict[str, list[float]]) -> str:
     from .report import markdown_table
 
-    rows = [[name, _ms(sorted(t)[len(t) // 2]), _ratio(*paired_ratio(t, times["unfused"]))]
-            for name, t in times.items()]
+    rows = [
+        [name, _ms(sorted(t)[len(t) // 2]), _ratio(*paired_ratio(t, times["unfused"]))] for name, t in times.items()
+    ]
     return markdown_table(["LoRACoE forward", "time (ms, median)", "time / unfused (median [IQR])"], rows)
 
 
@@ -350,8 +453,26 @@ def loracoe_table(rows: list[Row], tokens: int) -> str:
         median = sorted(row.times)[len(row.times) // 2]
         met = "met" if ratio[0] <= LORACOE_TARGET else "missed"
         target = f"time <= {LORACOE_TARGET}: **{met}**" if index == 1 else "-"
-        body.append([row.label, f"{row.activated:,}", _ms(median), f"{tokens / median:,.0f}", _ratio(*ratio),
-                     f"{row.flops / base.flops:.3f}", f"{row.memory / 2**20:,.0f}", target])
-    header = ["method", "# Act.", "step (ms, median)", "tokens/s", f"time / {base.label} (median [IQR])",
-              "FLOP floor", "peak memory (MiB)", "target"]
+        body.append(
+            [
+                row.label,
+                f"{row.activated:,}",
+                _ms(median),
+                f"{tokens / median:,.0f}",
+                _ratio(*ratio),
+                f"{row.flops / base.flops:.3f}",
+                f"{row.memory / 2**20:,.0f}",
+                target,
+            ]
+        )
+    header = [
+        "method",
+        "# Act.",
+        "step (ms, median)",
+        "tokens/s",
+        f"time / {base.label} (median [IQR])",
+        "FLOP floor",
+        "peak memory (MiB)",
+        "target",
+    ]
     return markdown_table(header, body)

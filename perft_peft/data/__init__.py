@@ -3,8 +3,9 @@
 The pieces, each in its own module: the record format and its check (``records``), the prompt templates copied
 byte for byte from LLM-Adapters (``prompts``), loading from a file, directory or Hub id (``loading``),
 tokenisation with LLM-Adapters' cutoff / EOS / label-masking rules (``tokenization``), the padding collator
-(``collate``), the LoRACoE paper's commonsense + OrcaMath mixture (``mixture``), and bundled fixtures with a tokenizer built from their words for offline tiny runs (``fixtures``,
-``tiny_tokenizer``). ``datasets`` is imported only by the functions that need it.
+(``collate``), the LoRACoE paper's commonsense + OrcaMath mixture (``mixture``), and bundled fixtures with a
+tokenizer built from their words for offline tiny runs (``fixtures``, ``tiny_tokenizer``). ``datasets`` is imported
+only by the functions that need it.
 """
 
 from .collate import ensure_pad_token, make_collator

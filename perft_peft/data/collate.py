@@ -25,10 +25,17 @@ def make_collator(tokenizer, pad_to_multiple_of: int | None = 8):
     from transformers import DataCollatorForSeq2Seq
 
     if tokenizer.pad_token_id is None:
-        raise ValueError(f"{type(tokenizer).__name__} has no pad token, so batches cannot be padded; call "
-                         "perft_peft.data.ensure_pad_token(tokenizer) (or set tokenizer.pad_token) first.")
-    return DataCollatorForSeq2Seq(tokenizer, padding=True, pad_to_multiple_of=pad_to_multiple_of,
-                                  label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+        raise ValueError(
+            f"{type(tokenizer).__name__} has no pad token, so batches cannot be padded; call "
+            "perft_peft.data.ensure_pad_token(tokenizer) (or set tokenizer.pad_token) first."
+        )
+    return DataCollatorForSeq2Seq(
+        tokenizer,
+        padding=True,
+        pad_to_multiple_of=pad_to_multiple_of,
+        label_pad_token_id=IGNORE_INDEX,
+        return_tensors="pt",
+    )
 
 
 def ensure_pad_token(tokenizer):

@@ -16,8 +16,9 @@ from .records import EVAL_REQUIRED_FIELDS, REQUIRED_FIELDS, RecordError, check_r
 JSON_SUFFIXES = (".json", ".jsonl")
 
 
-def load_llm_adapters_dataset(source: str | os.PathLike, split: str = "train", *, require_answer: bool = False,
-                              **load_kwargs):
+def load_llm_adapters_dataset(
+    source: str | os.PathLike, split: str = "train", *, require_answer: bool = False, **load_kwargs
+):
     """Load LLM-Adapters records as a ``datasets.Dataset``.
 
     ``source`` is one of:
@@ -35,8 +36,9 @@ def load_llm_adapters_dataset(source: str | os.PathLike, split: str = "train", *
     import datasets
 
     if load_kwargs.get("streaming"):
-        raise ValueError("streaming=True is not supported: the records are checked and tokenised as a map-style "
-                         "datasets.Dataset.")
+        raise ValueError(
+            "streaming=True is not supported: the records are checked and tokenised as a map-style datasets.Dataset."
+        )
     required = EVAL_REQUIRED_FIELDS if require_answer else REQUIRED_FIELDS
     path = Path(source).expanduser()
     if path.exists():
@@ -76,8 +78,9 @@ def _json_file(path: Path, split: str) -> Path:
     if len(candidates) == 1:
         return candidates[0]
     found = ", ".join(p.name for p in candidates) or "no JSON files"
-    raise FileNotFoundError(f"{str(path)!r} has no {split}.json or {split}.jsonl, and not exactly one JSON file "
-                            f"to use instead ({found}).")
+    raise FileNotFoundError(
+        f"{str(path)!r} has no {split}.json or {split}.jsonl, and not exactly one JSON file to use instead ({found})."
+    )
 
 
 def _diagnose(file: Path) -> str | None:
@@ -97,8 +100,10 @@ def _diagnose(file: Path) -> str | None:
         else:
             records = json.loads(text)
     except json.JSONDecodeError as error:
-        return (f"not valid JSON ({error.msg}: line {error.lineno}, column {error.colno}); a truncated or "
-                "partly written file?")
+        return (
+            f"not valid JSON ({error.msg}: line {error.lineno}, column {error.colno}); a truncated or "
+            "partly written file?"
+        )
     if isinstance(records, dict):
         return "holds one JSON object; expected a list of records (LLM-Adapters' format) or JSON lines."
     if not isinstance(records, list):
@@ -114,5 +119,6 @@ def _diagnose(file: Path) -> str | None:
 def _looks_like_path(source: str) -> bool:
     # A Hub id is "name" or "owner/name"; anything with a JSON suffix, a leading ./ ../ / ~, a backslash or more
     # than one "/" can only mean a local path, so a typo there gets a file error instead of a Hub lookup.
-    return (source.endswith(JSON_SUFFIXES) or source.startswith((".", "/", "~")) or "\\" in source
-            or source.count("/") > 1)
+    return (
+        source.endswith(JSON_SUFFIXES) or source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1
+    )

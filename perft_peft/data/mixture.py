@@ -36,8 +36,7 @@ class MixturePart:
     def __post_init__(self):
         if self.format not in FORMATS:
             raise ValueError(f"{self.source}: format must be one of {FORMATS}, got {self.format!r}.")
-        if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int)
-                                      or self.size < 1):
+        if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1):
             raise ValueError(f"{self.source}: size must be a positive integer or None, got {self.size!r}.")
 
 
@@ -52,20 +51,29 @@ def load_mixture(parts: list[MixturePart], seed: int = 42, **load_kwargs):
     return datasets.concatenate_datasets(sampled).shuffle(seed=seed).flatten_indices()
 
 
-def loracoe_mixture(commonsense: str | os.PathLike, orca_math: str | os.PathLike = ORCA_MATH,
-                    commonsense_size: int | None = 75_000, math_size: int | None = 75_000, seed: int = 42,
-                    **load_kwargs):
+def loracoe_mixture(
+    commonsense: str | os.PathLike,
+    orca_math: str | os.PathLike = ORCA_MATH,
+    commonsense_size: int | None = 75_000,
+    math_size: int | None = 75_000,
+    seed: int = 42,
+    **load_kwargs,
+):
     """The paper's set: ``commonsense_size`` records of commonsense_170k (LLM-Adapters JSON) and ``math_size``
     of OrcaMath (a Hub id or a local JSON(L) file with question / answer)."""
-    return load_mixture([MixturePart(commonsense, commonsense_size), MixturePart(orca_math, math_size, "orca_math")],
-                        seed=seed, **load_kwargs)
+    return load_mixture(
+        [MixturePart(commonsense, commonsense_size), MixturePart(orca_math, math_size, "orca_math")],
+        seed=seed,
+        **load_kwargs,
+    )
 
 
 def _load_part(part: MixturePart, **load_kwargs):
     try:
         if part.format == "llm_adapters":
             return load_llm_adapters_dataset(part.source, part.split, **load_kwargs).select_columns(
-                list(REQUIRED_FIELDS))
+                list(REQUIRED_FIELDS)
+            )
         dataset = _load_raw(part.source, part.split, **load_kwargs)
     except RecordError:
         raise
@@ -74,12 +82,15 @@ def _load_part(part: MixturePart, **load_kwargs):
     name = f"{part.source} (OrcaMath format)"
     missing = [c for c in ORCA_MATH_COLUMNS if c not in dataset.column_names]
     if missing:
-        raise RecordError(f"{name}: no {', '.join(repr(c) for c in missing)} column; OrcaMath records need "
-                          f"{' and '.join(ORCA_MATH_COLUMNS)} (columns found: {', '.join(dataset.column_names)}).")
+        raise RecordError(
+            f"{name}: no {', '.join(repr(c) for c in missing)} column; OrcaMath records need "
+            f"{' and '.join(ORCA_MATH_COLUMNS)} (columns found: {', '.join(dataset.column_names)})."
+        )
     if len(dataset) == 0:
         raise RecordError(f"{name}: no records.")
     dataset = dataset.select_columns(list(ORCA_MATH_COLUMNS)).rename_columns(
-        {"question": INSTRUCTION, "answer": OUTPUT})
+        {"question": INSTRUCTION, "answer": OUTPUT}
+    )
     dataset = dataset.add_column(INPUT, [""] * len(dataset)).select_columns(list(REQUIRED_FIELDS))
     check_records(dataset, REQUIRED_FIELDS, source=name)
     return dataset

@@ -77,8 +77,7 @@ def generate_prompt(record: Mapping, with_output: bool = True) -> str:
     """
     output = record["output"] if with_output else ""
     if record.get("input"):
-        return TRAIN_TEMPLATE_WITH_INPUT.format(instruction=record["instruction"], input=record["input"],
-                                                output=output)
+        return TRAIN_TEMPLATE_WITH_INPUT.format(instruction=record["instruction"], input=record["input"], output=output)
     return TRAIN_TEMPLATE_NO_INPUT.format(instruction=record["instruction"], output=output)
 
 

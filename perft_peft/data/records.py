@@ -38,8 +38,9 @@ def check_records(records, required: Sequence[str] = REQUIRED_FIELDS, source: st
 
 def _fail(source: str, index: int, fields: Iterable[str], required: Sequence[str], extra: str = "") -> None:
     names = ", ".join(repr(f) for f in fields)
-    raise RecordError(f"{source}: record {index} has no {names} field (LLM-Adapters records need "
-                      f"{', '.join(required)}){extra}.")
+    raise RecordError(
+        f"{source}: record {index} has no {names} field (LLM-Adapters records need {', '.join(required)}){extra}."
+    )
 
 
 def _check_dataset(dataset, required: tuple[str, ...], source: str) -> None:

@@ -18,8 +18,13 @@ from .prompts import generate_eval_prompt, generate_prompt
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 
 
-def tiny_word_tokenizer(texts: Iterable[str] | None = None, *, add_bos: bool = True, padding_side: str = "right",
-                        model_max_length: int = 4096):
+def tiny_word_tokenizer(
+    texts: Iterable[str] | None = None,
+    *,
+    add_bos: bool = True,
+    padding_side: str = "right",
+    model_max_length: int = 4096,
+):
     """A ``PreTrainedTokenizerFast`` whose vocabulary is the special tokens plus every whitespace-separated word
     of ``texts`` (default: all bundled fixtures rendered through the training and evaluation templates).
 
@@ -35,10 +40,18 @@ def tiny_word_tokenizer(texts: Iterable[str] | None = None, *, add_bos: bool = T
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     if add_bos:
-        backend.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
-                                                               special_tokens=[("<s>", vocab["<s>"])])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", padding_side=padding_side, model_max_length=model_max_length)
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        padding_side=padding_side,
+        model_max_length=model_max_length,
+    )
 
 
 def fixture_texts() -> list[str]:

@@ -19,8 +19,9 @@ from .prompts import generate_prompt
 IGNORE_INDEX = -100  # ignored by torch's cross-entropy and by transformers' causal-LM loss
 
 
-def tokenize_example(record: Mapping, tokenizer, cutoff_len: int = 256, train_on_inputs: bool = True,
-                     add_eos_token: bool = True) -> dict[str, list[int]]:
+def tokenize_example(
+    record: Mapping, tokenizer, cutoff_len: int = 256, train_on_inputs: bool = True, add_eos_token: bool = True
+) -> dict[str, list[int]]:
     """``input_ids``, ``attention_mask`` and ``labels`` of one record (plain lists, unpadded)."""
     if cutoff_len < 1:
         raise ValueError(f"cutoff_len must be positive, got {cutoff_len}.")
@@ -39,17 +40,26 @@ def _tokenize(text: str, tokenizer, cutoff_len: int, add_eos_token: bool) -> tup
     eos = tokenizer.eos_token_id
     if add_eos_token:
         if eos is None:
-            raise ValueError("add_eos_token=True but the tokenizer has no eos_token; set one or pass "
-                             "add_eos_token=False.")
+            raise ValueError(
+                "add_eos_token=True but the tokenizer has no eos_token; set one or pass add_eos_token=False."
+            )
         if len(input_ids) < cutoff_len and (not input_ids or input_ids[-1] != eos):
             input_ids.append(eos)
             attention_mask.append(1)
     return input_ids, attention_mask
 
 
-def tokenize_dataset(dataset, tokenizer, cutoff_len: int = 256, train_on_inputs: bool = True,
-                     add_eos_token: bool = True, num_proc: int | None = None, desc: str | None = None,
-                     source: str = "the data set", **map_kwargs):
+def tokenize_dataset(
+    dataset,
+    tokenizer,
+    cutoff_len: int = 256,
+    train_on_inputs: bool = True,
+    add_eos_token: bool = True,
+    num_proc: int | None = None,
+    desc: str | None = None,
+    source: str = "the data set",
+    **map_kwargs,
+):
     """Tokenise a ``datasets.Dataset`` (or each split of a ``DatasetDict``) with :func:`tokenize_example`.
 
     Uses ``dataset.map`` (progress bar and on-disk cache included, as with any ``map``) and drops the raw
@@ -59,27 +69,53 @@ def tokenize_dataset(dataset, tokenizer, cutoff_len: int = 256, train_on_inputs:
     (the language-model loss would be 0 at every step). ``source`` names the data in those messages.
     """
     if not (hasattr(dataset, "map") and hasattr(dataset, "column_names")):
-        raise TypeError(f"tokenize_dataset expects a datasets.Dataset or DatasetDict, got {type(dataset).__name__}; "
-                        "for a single record use tokenize_example.")
+        raise TypeError(
+            f"tokenize_dataset expects a datasets.Dataset or DatasetDict, got {type(dataset).__name__}; "
+            "for a single record use tokenize_example."
+        )
     if isinstance(dataset.column_names, dict):  # DatasetDict: splits may have different columns
-        return type(dataset)({name: tokenize_dataset(split, tokenizer, cutoff_len, train_on_inputs, add_eos_token,
-                                                     num_proc, desc, f"{source} [{name}]", **map_kwargs)
-                              for name, split in dataset.items()})
+        return type(dataset)(
+            {
+                name: tokenize_dataset(
+                    split,
+                    tokenizer,
+                    cutoff_len,
+                    train_on_inputs,
+                    add_eos_token,
+                    num_proc,
+                    desc,
+                    f"{source} [{name}]",
+                    **map_kwargs,
+                )
+                for name, split in dataset.items()
+            }
+        )
     if desc is None:
         desc = f"Tokenizing (cutoff_len={cutoff_len}, train_on_inputs={train_on_inputs})"
-    tokenized = dataset.map(tokenize_example, remove_columns=dataset.column_names, num_proc=num_proc, desc=desc,
-                            fn_kwargs=dict(tokenizer=tokenizer, cutoff_len=cutoff_len,
-                                           train_on_inputs=train_on_inputs, add_eos_token=add_eos_token),
-                            **map_kwargs)
+    tokenized = dataset.map(
+        tokenize_example,
+        remove_columns=dataset.column_names,
+        num_proc=num_proc,
+        desc=desc,
+        fn_kwargs=dict(
+            tokenizer=tokenizer, cutoff_len=cutoff_len, train_on_inputs=train_on_inputs, add_eos_token=add_eos_token
+        ),
+        **map_kwargs,
+    )
     unlabelled = len(tokenized) - _count_labelled(tokenized)
     if unlabelled:
-        why = (f"their prompt alone fills cutoff_len={cutoff_len} tokens, and train_on_inputs=False masks it")
+        why = f"their prompt alone fills cutoff_len={cutoff_len} tokens, and train_on_inputs=False masks it"
         if unlabelled == len(tokenized):
-            raise ValueError(f"{source}: none of the {len(tokenized)} examples has a token left to learn: {why}. "
-                             "Raise cutoff_len, or set train_on_inputs=True.")
-        warnings.warn(f"{source}: {unlabelled} of {len(tokenized)} examples have no token left to learn ({why}); "
-                      "they add nothing to the loss, and a batch made only of them makes it 0/0 (NaN), which stops "
-                      "PerftTrainer. Filter them out, raise cutoff_len, or set train_on_inputs=True.", stacklevel=2)
+            raise ValueError(
+                f"{source}: none of the {len(tokenized)} examples has a token left to learn: {why}. "
+                "Raise cutoff_len, or set train_on_inputs=True."
+            )
+        warnings.warn(
+            f"{source}: {unlabelled} of {len(tokenized)} examples have no token left to learn ({why}); "
+            "they add nothing to the loss, and a batch made only of them makes it 0/0 (NaN), which stops "
+            "PerftTrainer. Filter them out, raise cutoff_len, or set train_on_inputs=True.",
+            stacklevel=2,
+        )
     return tokenized
 
 

@@ -77,8 +77,10 @@ def get_benchmark(name: str) -> Benchmark:
     for benchmark in _ALL:
         if wanted in (n.lower() for n in (benchmark.name, benchmark.label, *benchmark.aliases)):
             return benchmark
-    raise ValueError(f"Unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)} (or their labels: "
-                     f"{', '.join(b.label for b in _ALL)}).")
+    raise ValueError(
+        f"Unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)} (or their labels: "
+        f"{', '.join(b.label for b in _ALL)})."
+    )
 
 
 def resolve(names: Iterable[str] | None = None) -> list[Benchmark]:

@@ -69,8 +69,9 @@ OPTION = FirstOf(_numbered("option", 2))  # WinoGrande
 OPTION_LETTER = FirstOf(tuple("ABCDE"))  # AQuA
 
 
-def is_correct(prediction: str | float | None, reference: str | float, *, numeric: bool,
-               tolerance: float = NUMBER_TOLERANCE) -> bool:
+def is_correct(
+    prediction: str | float | None, reference: str | float, *, numeric: bool, tolerance: float = NUMBER_TOLERANCE
+) -> bool:
     """Whether an extracted prediction scores: for numeric tasks a number within ``tolerance`` of the reference
     (which may be text such as "576.0", as in the test sets), else a label equal to the reference."""
     if numeric:
@@ -78,8 +79,9 @@ def is_correct(prediction: str | float | None, reference: str | float, *, numeri
     return prediction == reference
 
 
-def accuracy(predictions: Sequence, references: Sequence, *, numeric: bool,
-             tolerance: float = NUMBER_TOLERANCE) -> dict:
+def accuracy(
+    predictions: Sequence, references: Sequence, *, numeric: bool, tolerance: float = NUMBER_TOLERANCE
+) -> dict:
     """``{"accuracy": fraction correct, "correct": n, "total": n}``; the metric module's computation."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")

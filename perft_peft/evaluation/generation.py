@@ -25,8 +25,15 @@ from ..data import ensure_pad_token, extract_response, generate_eval_prompt
 
 # transformers >= 5 fills every generation setting left unset from the checkpoint's generation_config.json;
 # LLM-Adapters' GenerationConfig had nothing else in it. Pin what would change a deterministic search's output.
-_DETERMINISTIC_SEARCH = dict(do_sample=False, num_return_sequences=1, length_penalty=1.0, early_stopping=False,
-                             repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0)
+_DETERMINISTIC_SEARCH = dict(
+    do_sample=False,
+    num_return_sequences=1,
+    length_penalty=1.0,
+    early_stopping=False,
+    repetition_penalty=1.0,
+    no_repeat_ngram_size=0,
+    min_length=0,
+)
 
 
 def evaluation_generation_config(model, tokenizer, *, num_beams: int, max_new_tokens: int):
@@ -34,14 +41,29 @@ def evaluation_generation_config(model, tokenizer, *, num_beams: int, max_new_to
     from transformers import GenerationConfig
 
     eos = model.generation_config.eos_token_id
-    return GenerationConfig(num_beams=num_beams, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                            eos_token_id=tokenizer.eos_token_id if eos is None else eos, **_DETERMINISTIC_SEARCH)
+    return GenerationConfig(
+        num_beams=num_beams,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id if eos is None else eos,
+        **_DETERMINISTIC_SEARCH,
+    )
 
 
 @torch.no_grad()
-def generate_responses(model, tokenizer, instructions: Sequence[str], *, num_beams: int, max_new_tokens: int,
-                       batch_size: int = 8, progress: bool = True, desc: str | None = None,
-                       prompt_suffix: str = "", read_response: Callable[[str], str] = extract_response) -> list[str]:
+def generate_responses(
+    model,
+    tokenizer,
+    instructions: Sequence[str],
+    *,
+    num_beams: int,
+    max_new_tokens: int,
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str | None = None,
+    prompt_suffix: str = "",
+    read_response: Callable[[str], str] = extract_response,
+) -> list[str]:
     """The model's response to each instruction (the text after ``### Response:``), in order.
 
     ``prompt_suffix`` is appended to every prompt and ``read_response`` finds the answer in the decoded text
@@ -60,10 +82,11 @@ def generate_responses(model, tokenizer, instructions: Sequence[str], *, num_bea
     try:
         starts = range(0, len(instructions), batch_size)
         for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
-            prompts = [generate_eval_prompt(i) + prompt_suffix for i in instructions[start:start + batch_size]]
+            prompts = [generate_eval_prompt(i) + prompt_suffix for i in instructions[start : start + batch_size]]
             batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
-            sequences = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                       generation_config=config)
+            sequences = model.generate(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], generation_config=config
+            )
             decoded = tokenizer.batch_decode(sequences, skip_special_tokens=True)
             responses += [read_response(text) for text in decoded]
     finally:

@@ -49,8 +49,12 @@ class Protocol:
 
 PROTOCOLS = {
     "llm-adapters": Protocol("llm-adapters"),
-    "perft": Protocol("perft", prompt_suffix={COMMONSENSE: PERFT_ANSWER_PREFIX},
-                      max_new_tokens={COMMONSENSE: 4, ARITHMETIC: MAX_NEW_TOKENS[ARITHMETIC]}, last_response=True),
+    "perft": Protocol(
+        "perft",
+        prompt_suffix={COMMONSENSE: PERFT_ANSWER_PREFIX},
+        max_new_tokens={COMMONSENSE: 4, ARITHMETIC: MAX_NEW_TOKENS[ARITHMETIC]},
+        last_response=True,
+    ),
 }
 DEFAULT_PROTOCOL = "llm-adapters"
 

@@ -35,9 +35,15 @@ class BenchmarkResult:
 
     def to_dict(self, predictions: bool = False) -> dict:
         benchmark = BENCHMARKS[self.name]
-        out = {"label": benchmark.label, "domain": benchmark.domain, "accuracy": self.accuracy,
-               "correct": self.correct, "total": self.total, "num_beams": self.num_beams,
-               "max_new_tokens": self.max_new_tokens}
+        out = {
+            "label": benchmark.label,
+            "domain": benchmark.domain,
+            "accuracy": self.accuracy,
+            "correct": self.correct,
+            "total": self.total,
+            "num_beams": self.num_beams,
+            "max_new_tokens": self.max_new_tokens,
+        }
         return {**out, "examples": self.examples} if predictions else out
 
 
@@ -55,14 +61,20 @@ class EvalReport:
 
     def averages(self) -> dict[str, float]:
         """``{"CR": ..., "AR": ...}``: each evaluated domain's mean accuracy (%) over its evaluated benchmarks."""
-        return {key: fmean(r.accuracy for r in self.domain_results(domain))
-                for domain, key in DOMAIN_AVERAGES.items() if self.domain_results(domain)}
+        return {
+            key: fmean(r.accuracy for r in self.domain_results(domain))
+            for domain, key in DOMAIN_AVERAGES.items()
+            if self.domain_results(domain)
+        }
 
     def to_dict(self, predictions: bool = False) -> dict:
-        return {"model": self.model_name, "protocol": self.settings.get("protocol", "llm-adapters"),
-                "settings": self.settings,
-                "benchmarks": {name: r.to_dict(predictions) for name, r in self.results.items()},
-                "averages": self.averages()}
+        return {
+            "model": self.model_name,
+            "protocol": self.settings.get("protocol", "llm-adapters"),
+            "settings": self.settings,
+            "benchmarks": {name: r.to_dict(predictions) for name, r in self.results.items()},
+            "averages": self.averages(),
+        }
 
     def to_json(self, path: str | os.PathLike, predictions: bool = False) -> None:
         """Write :meth:`to_dict`; ``predictions=True`` adds every record's response and extracted answer."""
@@ -74,9 +86,12 @@ class EvalReport:
         """Read back what :meth:`to_json` wrote (e.g. to put the table in a model card)."""
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-        results = {name: BenchmarkResult(name, r["correct"], r["total"], r["num_beams"], r["max_new_tokens"],
-                                         r.get("examples", []))
-                   for name, r in data["benchmarks"].items()}
+        results = {
+            name: BenchmarkResult(
+                name, r["correct"], r["total"], r["num_beams"], r["max_new_tokens"], r.get("examples", [])
+            )
+            for name, r in data["benchmarks"].items()
+        }
         return cls(results, data.get("model"), data.get("settings", {}))
 
     def to_markdown(self) -> str:
@@ -90,13 +105,19 @@ class EvalReport:
                 continue
             columns = [b for b in BENCHMARKS.values() if b.domain == domain]
             cells = [f"{self.results[b.name].accuracy:.1f}" if b.name in self.results else "–" for b in columns]
-            lines = [f"**{_DOMAIN_TITLES[domain]} ({key})**, accuracy (%)", "",
-                     "| " + " | ".join(["Model", *(b.label for b in columns), "Avg."]) + " |",
-                     "|" + "|".join([":--", *["--:"] * (len(columns) + 1)]) + "|",
-                     "| " + " | ".join([row_name, *cells, f"{averages[key]:.1f}"]) + " |"]
+            lines = [
+                f"**{_DOMAIN_TITLES[domain]} ({key})**, accuracy (%)",
+                "",
+                "| " + " | ".join(["Model", *(b.label for b in columns), "Avg."]) + " |",
+                "|" + "|".join([":--", *["--:"] * (len(columns) + 1)]) + "|",
+                "| " + " | ".join([row_name, *cells, f"{averages[key]:.1f}"]) + " |",
+            ]
             if len(evaluated) < len(columns):
-                lines += ["", f"Avg. over the {len(evaluated)} of {len(columns)} benchmarks evaluated: not "
-                              "comparable with the papers' averages."]
+                lines += [
+                    "",
+                    f"Avg. over the {len(evaluated)} of {len(columns)} benchmarks evaluated: not "
+                    "comparable with the papers' averages.",
+                ]
             blocks.append("\n".join(lines))
         blocks.append(self._protocol_note())
         return "\n\n".join(blocks) + "\n"
@@ -105,11 +126,15 @@ class EvalReport:
         decoding = []
         for domain in DOMAIN_AVERAGES:
             settings = sorted({(r.num_beams, r.max_new_tokens) for r in self.domain_results(domain)})
-            decoding += [f"{domain} {'greedy' if beams == 1 else f'{beams} beams'}, up to {tokens} new tokens"
-                         for beams, tokens in settings]
+            decoding += [
+                f"{domain} {'greedy' if beams == 1 else f'{beams} beams'}, up to {tokens} new tokens"
+                for beams, tokens in settings
+            ]
         if self.settings.get("protocol") == "perft":
-            note = ("PERFT authors' protocol (commonsense prompts end in 'the correct answer is', answers read "
-                    f"after the last '### Response:'), LLM-Adapters answer extraction; {'; '.join(decoding)}")
+            note = (
+                "PERFT authors' protocol (commonsense prompts end in 'the correct answer is', answers read "
+                f"after the last '### Response:'), LLM-Adapters answer extraction; {'; '.join(decoding)}"
+            )
         else:
             note = f"LLM-Adapters prompts and answer extraction; {'; '.join(decoding)}"
         limit = self.settings.get("limit")

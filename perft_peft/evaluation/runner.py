@@ -14,10 +14,20 @@ from .protocols import DEFAULT_PROTOCOL, Protocol, get_protocol
 from .report import BenchmarkResult, EvalReport
 
 
-def evaluate_benchmarks(model, tokenizer, benchmarks: Mapping[str, str | os.PathLike | Sequence[Mapping]], *,
-                        batch_size: int = 8, max_new_tokens: int | None = None, num_beams: int | None = None,
-                        greedy: bool = False, limit: int | None = None, model_name: str | None = None,
-                        progress: bool = True, protocol: str | Protocol = DEFAULT_PROTOCOL) -> EvalReport:
+def evaluate_benchmarks(
+    model,
+    tokenizer,
+    benchmarks: Mapping[str, str | os.PathLike | Sequence[Mapping]],
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    num_beams: int | None = None,
+    greedy: bool = False,
+    limit: int | None = None,
+    model_name: str | None = None,
+    progress: bool = True,
+    protocol: str | Protocol = DEFAULT_PROTOCOL,
+) -> EvalReport:
     """Evaluate ``model`` (a ``PeftModel`` or a plain causal LM) on LLM-Adapters test sets.
 
     ``benchmarks`` maps a benchmark name (``"boolq"``, ``"siqa"``, ``"gsm8k"``: see ``BENCHMARKS``) to its test
@@ -27,11 +37,12 @@ def evaluate_benchmarks(model, tokenizer, benchmarks: Mapping[str, str | os.Path
     it for all, ``greedy=True`` means one beam. ``limit`` keeps each test set's first records (quick checks; the
     numbers are then not the papers'). ``protocol="perft"`` evaluates as the PERFT authors did (commonsense prompts
     end in "the correct answer is", 4 new tokens, the answer read after the last ``### Response:``; see
-    ``protocols``); ``max_new_tokens`` still overrides its lengths. Every test set is loaded and checked before the first generation, so a bad
-    path fails in seconds rather than after hours of decoding.
+    ``protocols``); ``max_new_tokens`` still overrides its lengths. Every test set is loaded and checked before the
+    first generation, so a bad path fails in seconds rather than after hours of decoding.
     """
-    check_settings(batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams, greedy=greedy,
-                   limit=limit)
+    check_settings(
+        batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams, greedy=greedy, limit=limit
+    )
     protocol = get_protocol(protocol)
     if not benchmarks:
         raise ValueError("No benchmarks to evaluate.")
@@ -46,21 +57,36 @@ def evaluate_benchmarks(model, tokenizer, benchmarks: Mapping[str, str | os.Path
     for benchmark, records in test_sets.values():
         beams = 1 if greedy else num_beams or benchmark.num_beams
         tokens = max_new_tokens or protocol.tokens(benchmark)
-        responses = generate_responses(model, tokenizer, [r["instruction"] for r in records], num_beams=beams,
-                                       max_new_tokens=tokens, batch_size=batch_size, progress=progress,
-                                       desc=benchmark.label, prompt_suffix=protocol.suffix(benchmark),
-                                       read_response=protocol.response)
+        responses = generate_responses(
+            model,
+            tokenizer,
+            [r["instruction"] for r in records],
+            num_beams=beams,
+            max_new_tokens=tokens,
+            batch_size=batch_size,
+            progress=progress,
+            desc=benchmark.label,
+            prompt_suffix=protocol.suffix(benchmark),
+            read_response=protocol.response,
+        )
         predictions = [benchmark.extract(response) for response in responses]
         references = [r["answer"] for r in records]
         if benchmark.numeric not in metrics:
             metrics[benchmark.numeric] = load_accuracy_metric(benchmark.numeric)
         score = metrics[benchmark.numeric].compute(predictions=predictions, references=references)
-        examples = [{"instruction": r["instruction"], "answer": r["answer"], "response": response,
-                     "prediction": prediction, "correct": is_correct(prediction, r["answer"],
-                                                                     numeric=benchmark.numeric)}
-                    for r, response, prediction in zip(records, responses, predictions)]
-        results[benchmark.name] = BenchmarkResult(benchmark.name, score["correct"], score["total"], beams, tokens,
-                                                  examples)
+        examples = [
+            {
+                "instruction": r["instruction"],
+                "answer": r["answer"],
+                "response": response,
+                "prediction": prediction,
+                "correct": is_correct(prediction, r["answer"], numeric=benchmark.numeric),
+            }
+            for r, response, prediction in zip(records, responses, predictions)
+        ]
+        results[benchmark.name] = BenchmarkResult(
+            benchmark.name, score["correct"], score["total"], beams, tokens, examples
+        )
     settings = {"batch_size": batch_size, "limit": limit, "greedy": greedy, "protocol": protocol.name}
     return EvalReport(results, model_name=model_name, settings=settings)
 
@@ -69,8 +95,12 @@ def check_settings(*, batch_size, max_new_tokens, num_beams, greedy, limit) -> N
     """Raise ValueError for settings ``evaluate_benchmarks`` cannot honour (also run on flags, before loading)."""
     if greedy and num_beams not in (None, 1):
         raise ValueError(f"greedy decoding uses one beam; it contradicts num_beams={num_beams}.")
-    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("num_beams", num_beams),
-                        ("limit", limit)):
+    for name, value in (
+        ("batch_size", batch_size),
+        ("max_new_tokens", max_new_tokens),
+        ("num_beams", num_beams),
+        ("limit", limit),
+    ):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}.")
 
@@ -88,6 +118,7 @@ def _load_records(benchmark: Benchmark, source, limit: int | None) -> list[dict]
             try:
                 float(record["answer"])
             except (TypeError, ValueError):
-                raise ValueError(f"{benchmark.name}: record {index} has answer {record['answer']!r}, which is not a "
-                                 "number.") from None
+                raise ValueError(
+                    f"{benchmark.name}: record {index} has answer {record['answer']!r}, which is not a number."
+                ) from None
     return records

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 _CONSTRUCTIONS = {
-    "composition": ("LoRACoE", "{num_experts} composite experts re-weight the rank-1 parts of one rank-{r} LoRA "
-                               "per token"),
-    "partition": ("LoRAMoE (partition baseline)", "a router weights {num_experts} groups of the ranks of one "
-                                                  "rank-{r} LoRA per token"),
+    "composition": (
+        "LoRACoE",
+        "{num_experts} composite experts re-weight the rank-1 parts of one rank-{r} LoRA per token",
+    ),
+    "partition": (
+        "LoRAMoE (partition baseline)",
+        "a router weights {num_experts} groups of the ranks of one rank-{r} LoRA per token",
+    ),
 }
 
 

@@ -28,9 +28,14 @@ def save_without_router(model: nn.Module, path: str | os.PathLike, adapter_name:
             for factor in ("A", "B"):
                 weight = getattr(layer, f"loracoe_{factor}")[adapter_name]
                 tensors[f"base_model.model.{name}.lora_{factor}.weight"] = weight.detach().cpu().contiguous()
-    lora = LoraConfig(r=config.r, lora_alpha=config.lora_alpha, target_modules=config.target_modules,
-                      lora_dropout=config.lora_dropout, task_type=config.task_type,
-                      base_model_name_or_path=config.base_model_name_or_path)
+    lora = LoraConfig(
+        r=config.r,
+        lora_alpha=config.lora_alpha,
+        target_modules=config.target_modules,
+        lora_dropout=config.lora_dropout,
+        task_type=config.task_type,
+        base_model_name_or_path=config.base_model_name_or_path,
+    )
     os.makedirs(path, exist_ok=True)
     lora.save_pretrained(str(path))
     save_file(tensors, os.path.join(path, "adapter_model.safetensors"), metadata={"format": "pt"})

@@ -52,8 +52,14 @@ class LoraCoeLayer(nn.Module, BaseTunerLayer):
     adapter_layer_names = ("loracoe_A", "loracoe_B", "loracoe_router")
     other_param_names = ("loracoe_dropout", "loracoe_setting", "loracoe_phase")
 
-    def __init__(self, base_layer: nn.Linear, adapter_name: str, config: LoraCoeConfig,
-                 init: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        adapter_name: str,
+        config: LoraCoeConfig,
+        init: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.in_features = base_layer.in_features
@@ -77,12 +83,14 @@ class LoraCoeLayer(nn.Module, BaseTunerLayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config, init)
 
-    def update_layer(self, adapter_name: str, config: LoraCoeConfig,
-                     init: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    def update_layer(
+        self, adapter_name: str, config: LoraCoeConfig, init: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> None:
         """Create (or re-create) one adapter, in the joint phase. ``init`` = (A, B) of a LoRA to start from."""
         r, d_in, d_out = config.r, self.in_features, self.out_features
-        self.loracoe_setting[adapter_name] = _Setting(config.construction, config.num_experts, config.scaling,
-                                                      config.kappa)
+        self.loracoe_setting[adapter_name] = _Setting(
+            config.construction, config.num_experts, config.scaling, config.kappa
+        )
         self.loracoe_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()
         factory = {"device": self.base_layer.weight.device, "dtype": torch.float32}
         dtype = storage_dtype(self.base_layer.weight)
@@ -107,8 +115,10 @@ class LoraCoeLayer(nn.Module, BaseTunerLayer):
     def set_phase(self, adapter_name: str, phase: str) -> None:
         """warmup: c = 1, router unused and frozen. joint: router used, trainable whenever A is."""
         if adapter_name in self.merged_adapters:
-            raise ValueError(f"Adapter {adapter_name!r} is merged into the base weights; call unmerge_adapter() "
-                             "before changing its LoRACoE phase.")
+            raise ValueError(
+                f"Adapter {adapter_name!r} is merged into the base weights; call unmerge_adapter() "
+                "before changing its LoRACoE phase."
+            )
         self.loracoe_phase[adapter_name] = phase
         router = self.loracoe_router[adapter_name]
         if phase == "warmup":
@@ -126,7 +136,8 @@ class LoraCoeLayer(nn.Module, BaseTunerLayer):
             raise ValueError(
                 f"Cannot merge LoRACoE adapter(s) {joint} in the joint phase: the router makes the update depend on "
                 "each token, so it is no fixed weight. Nothing was merged. Merge only after "
-                "set_loracoe_phase(model, 'warmup') (the paper's inference without router), or keep the adapter.")
+                "set_loracoe_phase(model, 'warmup') (the paper's inference without router), or keep the adapter."
+            )
 
     def delta_weight(self, adapter_name: str) -> torch.Tensor:
         """s * B A, the whole update when c = 1."""
@@ -186,8 +197,9 @@ class LoraCoeLayer(nn.Module, BaseTunerLayer):
             z = (z.unflatten(-1, (setting.num_experts, -1)) * weights.unsqueeze(-1).to(z.dtype)).flatten(-2)
         return F.linear(z, B) * (setting.scaling * norm)
 
-    def _ranks_and_logits(self, h: torch.Tensor, A: torch.Tensor,
-                          router: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _ranks_and_logits(
+        self, h: torch.Tensor, A: torch.Tensor, router: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(A h, R h): one GEMM h [A; R]^T (appendix C) split afterwards, or two with ``fuse_router = False``.
         The logits must stay float32 (a bf16 GEMM moves logits of ~10 by ~0.05): under a bf16/fp16 autocast, or
         with adapter tensors stored in bf16/fp16 (``autocast_adapter_dtype=False``), the GEMM runs in float32 as a

@@ -32,8 +32,10 @@ class LoraCoeModel(BaseTuner):
         config = self.peft_config[adapter_name]
         lora = read_lora(config.init_from_lora) if config.init_from_lora else None
         if lora is not None and kwargs.get("low_cpu_mem_usage"):
-            raise ValueError("init_from_lora copies real tensors, but low_cpu_mem_usage=True creates the adapter on "
-                             "the meta device; create the warm-started LoRACoE without low_cpu_mem_usage.")
+            raise ValueError(
+                "init_from_lora copies real tensors, but low_cpu_mem_usage=True creates the adapter on "
+                "the meta device; create the warm-started LoRACoE without low_cpu_mem_usage."
+            )
         targets = self._resolve_targets(model, config, lora)
         self._warm_start = {name: lora.tensors[name] for name in targets} if lora is not None else {}
         try:
@@ -44,8 +46,7 @@ class LoraCoeModel(BaseTuner):
             # The tensors now live in the adapter: a saved LoRACoE must load without the LoRA.
             config.warm_started_from, config.init_from_lora = config.init_from_lora, None
 
-    def _resolve_targets(self, model: nn.Module, config: LoraCoeConfig,
-                         lora: SavedLora | None) -> dict[str, nn.Linear]:
+    def _resolve_targets(self, model: nn.Module, config: LoraCoeConfig, lora: SavedLora | None) -> dict[str, nn.Linear]:
         """Fill target_modules when unset, check every target is an nn.Linear (and fits the LoRA); raise otherwise."""
         if config.target_modules is None:
             if lora is not None:
@@ -53,18 +54,23 @@ class LoraCoeModel(BaseTuner):
             else:
                 model_type = getattr(getattr(model, "config", None), "model_type", None)
                 if model_type not in self.target_module_mapping:
-                    raise ValueError(f"No default target_modules for model type {model_type!r}: pass target_modules "
-                                     "(the paper adapts q_proj, k_proj, v_proj, up_proj, down_proj).")
+                    raise ValueError(
+                        f"No default target_modules for model type {model_type!r}: pass target_modules "
+                        "(the paper adapts q_proj, k_proj, v_proj, up_proj, down_proj)."
+                    )
                 config.target_modules = sorted(self.target_module_mapping[model_type])
         _maybe_include_all_linear_layers(config, model)
         check_layers_to_transform(model, config.layers_to_transform)
         targets = matched_targets(model, config)
-        not_linear = {name: type(module).__name__ for name, module in targets.items()
-                      if not isinstance(module, nn.Linear)}
+        not_linear = {
+            name: type(module).__name__ for name, module in targets.items() if not isinstance(module, nn.Linear)
+        }
         if not_linear:
-            raise ValueError(f"LoRACoE adapts nn.Linear modules only, but target_modules={config.target_modules!r} "
-                             f"matched {dict(list(not_linear.items())[:3])}. Target the Linear projections "
-                             "(e.g. q_proj, k_proj, v_proj, up_proj, down_proj).")
+            raise ValueError(
+                f"LoRACoE adapts nn.Linear modules only, but target_modules={config.target_modules!r} "
+                f"matched {dict(list(not_linear.items())[:3])}. Target the Linear projections "
+                "(e.g. q_proj, k_proj, v_proj, up_proj, down_proj)."
+            )
         if lora is not None:
             check_lora_fits(lora, config, targets)
         return targets
@@ -72,8 +78,16 @@ class LoraCoeModel(BaseTuner):
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         cast_adapter_dtype(self, adapter_name, autocast_adapter_dtype)
 
-    def _create_and_replace(self, peft_config: LoraCoeConfig, adapter_name: str, target: nn.Module,
-                            target_name: str, parent: nn.Module, current_key: str, **kwargs) -> None:
+    def _create_and_replace(
+        self,
+        peft_config: LoraCoeConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **kwargs,
+    ) -> None:
         init = self._warm_start.get(current_key)
         if isinstance(target, LoraCoeLayer):
             target.update_layer(adapter_name, peft_config, init)
@@ -95,8 +109,9 @@ class LoraCoeModel(BaseTuner):
         self._check_mergeable(adapter_names)
         super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
 
-    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
-                         adapter_names: list[str] | None = None) -> nn.Module:
+    def merge_and_unload(
+        self, progressbar: bool = False, safe_merge: bool = False, adapter_names: list[str] | None = None
+    ) -> nn.Module:
         self._check_mergeable(adapter_names)
         return super().merge_and_unload(progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)
 
@@ -121,8 +136,10 @@ def set_loracoe_phase(model: nn.Module, phase: str, adapter_names: str | list[st
         raise ValueError(f"No LoRACoE adapter named {unknown}; the model has {sorted(available)}.")
     merged = sorted({name for layer in layers for name in layer.merged_adapters if name in names})
     if merged:
-        raise ValueError(f"Adapter(s) {merged} are merged into the base weights; call unmerge_adapter() before "
-                         "changing their LoRACoE phase.")
+        raise ValueError(
+            f"Adapter(s) {merged} are merged into the base weights; call unmerge_adapter() before "
+            "changing their LoRACoE phase."
+        )
     for layer in layers:
         for name in names:
             if name in layer.loracoe_A:
@@ -146,6 +163,7 @@ def loracoe_parameter_count(model: nn.Module) -> LoraCoeParameterCount:
     per_module = {}
     for name, layer in model.named_modules():
         if isinstance(layer, LoraCoeLayer):
-            per_module[name] = sum(p.numel() for attr in LoraCoeLayer.adapter_layer_names
-                                   for p in getattr(layer, attr).values())
+            per_module[name] = sum(
+                p.numel() for attr in LoraCoeLayer.adapter_layer_names for p in getattr(layer, attr).values()
+            )
     return LoraCoeParameterCount(per_module)

@@ -80,8 +80,15 @@ class PerftLayer(nn.Module, BaseTunerLayer):
     adapter_layer_names = ("perft_A", "perft_B", "perft_router")
     other_param_names = ("perft_dropout", "perft_setting")
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, config: PerftConfig, hidden_size: int,
-                 model_experts: int | None, **kwargs) -> None:
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        config: PerftConfig,
+        hidden_size: int,
+        model_experts: int | None,
+        **kwargs,
+    ) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.hidden_size = hidden_size
@@ -103,9 +110,16 @@ class PerftLayer(nn.Module, BaseTunerLayer):
         variant, D, r = config.variant, self.hidden_size, config.r
         M = self.model_experts if variant == "E" else config.num_peft_experts
         top_k = config.top_k if variant == "R" else None
-        self.perft_setting[adapter_name] = _Setting(variant, M, top_k, config.scaling, config.expert_type,
-                                                    config.adapter_act, config.norm_topk_prob,
-                                                    config.gate_weights == "base")
+        self.perft_setting[adapter_name] = _Setting(
+            variant,
+            M,
+            top_k,
+            config.scaling,
+            config.expert_type,
+            config.adapter_act,
+            config.norm_topk_prob,
+            config.gate_weights == "base",
+        )
         self.perft_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()
         reference = moe.first_parameter(self.base_layer)
         factory = {"device": reference.device if reference is not None else None, "dtype": torch.float32}
@@ -128,7 +142,8 @@ class PerftLayer(nn.Module, BaseTunerLayer):
         raise TypeError(
             "PERFT adapters cannot be merged: their experts run in parallel with non-linear MoE experts (and "
             "PERFT-R has its own router), so there is no weight to fold them into. Keep the adapter, or use "
-            "`unload()` to get the base model back.")
+            "`unload()` to get the base model back."
+        )
 
     def unmerge(self) -> None:
         return None
@@ -168,7 +183,7 @@ class PerftLayer(nn.Module, BaseTunerLayer):
             if setting.base_gate_weights:  # the authors' OLMoE code: the k-th choice gets the model's k-th weight
                 base_weights = _routing_arguments(args, kwargs)[1].reshape(index.shape[0], -1).float()
                 # k-th largest: some routers (DeepSeek-V3's topk(sorted=False)) hand their weights over unsorted
-                weights = base_weights.sort(dim=-1, descending=True).values[:, :setting.top_k]
+                weights = base_weights.sort(dim=-1, descending=True).values[:, : setting.top_k]
             record_logits = logits
         else:
             index, weights = _routing_arguments(args, kwargs)
@@ -199,13 +214,17 @@ def _routing_arguments(args, kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """(top_k_index, top_k_weights) as the MoE block passed them to its experts (names vary by family)."""
     if len(args) >= 2:
         return args[0], args[1]
-    index = next((kwargs[k] for k in ("top_k_index", "router_indices", "topk_indices", "selected_experts")
-                  if k in kwargs), None)
-    weights = next((kwargs[k] for k in ("top_k_weights", "routing_weights", "topk_weights", "router_scores")
-                    if k in kwargs), None)
+    index = next(
+        (kwargs[k] for k in ("top_k_index", "router_indices", "topk_indices", "selected_experts") if k in kwargs), None
+    )
+    weights = next(
+        (kwargs[k] for k in ("top_k_weights", "routing_weights", "topk_weights", "router_scores") if k in kwargs), None
+    )
     if index is None or weights is None:
-        raise RuntimeError("PERFT-E needs the routing the MoE block passes to its experts, but this call carried "
-                           "none (expected experts(hidden_states, top_k_index, top_k_weights)).")
+        raise RuntimeError(
+            "PERFT-E needs the routing the MoE block passes to its experts, but this call carried "
+            "none (expected experts(hidden_states, top_k_index, top_k_weights))."
+        )
     return index, weights
 
 

@@ -41,9 +41,12 @@ class LlmAdaptersAccuracy(evaluate.Metric):
             raise ValueError(f"config_name must be one of {_CONFIGS}, not {self.config_name!r}.")
         kind = datasets.Value("float64" if self.config_name == "number" else "string")
         return evaluate.MetricInfo(
-            description=__doc__, citation=_CITATION, inputs_description=_INPUTS,
+            description=__doc__,
+            citation=_CITATION,
+            inputs_description=_INPUTS,
             features=datasets.Features({"predictions": kind, "references": kind}),
-            reference_urls=["https://github.com/AGI-Edgerunners/LLM-Adapters"])
+            reference_urls=["https://github.com/AGI-Edgerunners/LLM-Adapters"],
+        )
 
     def _compute(self, predictions, references, tolerance=NUMBER_TOLERANCE):
         return accuracy(predictions, references, numeric=self.config_name == "number", tolerance=tolerance)
