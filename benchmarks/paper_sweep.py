@@ -25,18 +25,32 @@ from perft_peft.bench.synthetic import Task
 from perft_peft.evaluation import ARITHMETIC, COMMONSENSE
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-p.add_argument("--output", default=str(Path(__file__).parent / "results" / "paper_sweep"),
-               help="path prefix of the .md, .png and .json results")
+p.add_argument(
+    "--output",
+    default=str(Path(__file__).parent / "results" / "paper_sweep"),
+    help="path prefix of the .md, .png and .json results",
+)
 p.add_argument("--fresh", action="store_true", help="ignore runs already in <output>.json")
-p.add_argument("--base_only", action="store_true", help="offline: pre-train (or find cached) the synthetic base, print "
-                                                         "what it knows, stop")
-p.add_argument("--quick", action="store_true", help="tiny sizes, few methods, 2 rates x 2 seeds: a smoke run "
-                                                     "(explicit flags still override)")
+p.add_argument(
+    "--base_only",
+    action="store_true",
+    help="offline: pre-train (or find cached) the synthetic base, print what it knows, stop",
+)
+p.add_argument(
+    "--quick",
+    action="store_true",
+    help="tiny sizes, few methods, 2 rates x 2 seeds: a smoke run (explicit flags still override)",
+)
 p.add_argument("--methods", nargs="+", default=sweep.DEFAULT_METHODS, help="method specs (perft_peft.bench.methods)")
 p.add_argument("--ranks", nargs="+", type=int, default=sweep.DEFAULT_RANKS, help="r for specs that name none")
 g = p.add_argument_group("protocol")
-g.add_argument("--learning_rates", nargs="+", type=float, default=sweep.DEFAULT_LEARNING_RATES,
-               help="the grid each method's rate is chosen from, on the validation split (seed 0)")
+g.add_argument(
+    "--learning_rates",
+    nargs="+",
+    type=float,
+    default=sweep.DEFAULT_LEARNING_RATES,
+    help="the grid each method's rate is chosen from, on the validation split (seed 0)",
+)
 g.add_argument("--seeds", type=int, default=sweep.DEFAULT_SEEDS, help="seeds 0..N-1 at the chosen rate")
 g = p.add_argument_group("fine-tuning (every method alike)")
 g.add_argument("--max_steps", type=int, default=sweep.FinetuneSettings.max_steps, help="-1: --epochs")
@@ -44,8 +58,12 @@ g.add_argument("--epochs", type=float, default=1.0)
 g.add_argument("--batch_size", type=int, default=sweep.FinetuneSettings.batch_size)
 g.add_argument("--cutoff_len", type=int, default=sweep.FinetuneSettings.cutoff_len)
 g.add_argument("--eval_batch_size", type=int, default=64)
-g.add_argument("--validation_per_task", type=int, default=40, help="items per task to choose the rate on (real "
-                                                                      "runs: taken off the front of each test set)")
+g.add_argument(
+    "--validation_per_task",
+    type=int,
+    default=40,
+    help="items per task to choose the rate on (real runs: taken off the front of each test set)",
+)
 g = p.add_argument_group("offline: the synthetic base and tasks")
 g.add_argument("--hidden_size", type=int, default=sweep.BaseSettings.hidden_size)
 g.add_argument("--layers", type=int, default=sweep.BaseSettings.num_hidden_layers)
@@ -53,8 +71,10 @@ g.add_argument("--base_steps", type=int, default=sweep.BaseSettings.steps, help=
 g.add_argument("--base_learning_rate", type=float, default=sweep.BaseSettings.learning_rate)
 g.add_argument("--train_per_task", type=int, default=400)
 g.add_argument("--test_per_task", type=int, default=100)
-g.add_argument("--cache_dir", help="where pre-trained bases are kept (default: $PERFT_PEFT_CACHE or "
-                                   "~/.cache/perft_peft, under paper_sweep/)")
+g.add_argument(
+    "--cache_dir",
+    help="where pre-trained bases are kept (default: $PERFT_PEFT_CACHE or ~/.cache/perft_peft, under paper_sweep/)",
+)
 g = p.add_argument_group("real experiment (GPU)")
 g.add_argument("--model", help="Hub id or directory of the base MoE; with --data and --eval_data_dir")
 g.add_argument("--data", help="LLM-Adapters training file (commonsense_170k.json, math_10k.json) or Hub dataset")
@@ -83,35 +103,58 @@ def real_setup(args):
     for b in resolve(args.benchmarks):
         task = Task(b.name, b.label, b)
         items = list(load_llm_adapters_dataset(b.data_path(args.eval_data_dir), split="test", require_answer=True))
-        validation[task], tests[task] = items[:args.validation_per_task], items[args.validation_per_task:]
+        validation[task], tests[task] = items[: args.validation_per_task], items[args.validation_per_task :]
     return load_base, tokenizer, train, validation, tests, args.model, None
 
 
 def synthetic_setup(args):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = sweep.BaseSettings(hidden_size=args.hidden_size, num_hidden_layers=args.layers, steps=args.base_steps,
-                              learning_rate=args.base_learning_rate)
+    base = sweep.BaseSettings(
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.layers,
+        steps=args.base_steps,
+        learning_rate=args.base_learning_rate,
+    )
     path = sweep.cached_base(base, args.cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    train, validation, tests = sweep.synthetic_tasks(base, args.train_per_task, args.validation_per_task,
-                                                     args.test_per_task)
+    train, validation, tests = sweep.synthetic_tasks(
+        base, args.train_per_task, args.validation_per_task, args.test_per_task
+    )
     report = sweep.base_report(path)
     knows = report["knowledge"]
     facts = ", ".join(f"{kind} {value:.1f}%" for kind, value in knows.items() if kind != "all")
     if knows["all"] < sweep.KNOWLEDGE_AIM:
-        facts += (f"; BELOW the {sweep.KNOWLEDGE_AIM:.0f}% aim: the tasks partly test facts the base does not "
-                  "know, not only adaptation (more --base_steps)")
-    return (lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer, train, validation,
-            tests, f"synthetic tiny Mixtral-shaped MoE (hidden {base.hidden_size}, {base.num_hidden_layers} layers, "
-            f"{base.num_experts} experts top-{base.top_k}, pre-trained {base.steps} steps at lr "
-            f"{base.learning_rate:g} in {report['seconds'] / 60:.1f} min; cache key {base.key()})",
-            f"answers {knows['all']:.1f}% of the world's facts asked as in pre-training ({facts})")
+        facts += (
+            f"; BELOW the {sweep.KNOWLEDGE_AIM:.0f}% aim: the tasks partly test facts the base does not "
+            "know, not only adaptation (more --base_steps)"
+        )
+    return (
+        lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+        tokenizer,
+        train,
+        validation,
+        tests,
+        f"synthetic tiny Mixtral-shaped MoE (hidden {base.hidden_size}, {base.num_hidden_layers} layers, "
+        f"{base.num_experts} experts top-{base.top_k}, pre-trained {base.steps} steps at lr "
+        f"{base.learning_rate:g} in {report['seconds'] / 60:.1f} min; cache key {base.key()})",
+        f"answers {knows['all']:.1f}% of the world's facts asked as in pre-training ({facts})",
+    )
 
 
-QUICK = dict(methods=["R:M=8,K=2,r=5", "lora_attn:r=8", "loracoe:r=8,E=2", "loracoe:r=8,E=2,router=off"],
-             learning_rates=[1e-3, 1e-2], seeds=2, hidden_size=32, layers=1, base_steps=3, max_steps=2,
-             train_per_task=2, validation_per_task=2, test_per_task=2, batch_size=4)
+QUICK = dict(
+    methods=["R:M=8,K=2,r=5", "lora_attn:r=8", "loracoe:r=8,E=2", "loracoe:r=8,E=2,router=off"],
+    learning_rates=[1e-3, 1e-2],
+    seeds=2,
+    hidden_size=32,
+    layers=1,
+    base_steps=3,
+    max_steps=2,
+    train_per_task=2,
+    validation_per_task=2,
+    test_per_task=2,
+    batch_size=4,
+)
 
 
 if __name__ == "__main__":
@@ -120,46 +163,79 @@ if __name__ == "__main__":
         p.set_defaults(**QUICK)
         args = p.parse_args()
     methods = sweep.expand(args.methods, args.ranks)
-    load_base, tokenizer, train, validation, tests, base_name, knowledge = (real_setup if args.model else
-                                                                              synthetic_setup)(args)
+    load_base, tokenizer, train, validation, tests, base_name, knowledge = (
+        real_setup if args.model else synthetic_setup
+    )(args)
     if args.base_only:
         print(f"Base model: {base_name}\nBase knowledge: {knowledge}")
         raise SystemExit
-    settings = sweep.FinetuneSettings(max_steps=args.max_steps, num_train_epochs=args.epochs,
-                                      batch_size=args.batch_size, cutoff_len=args.cutoff_len,
-                                      train_on_inputs=bool(args.model))
+    settings = sweep.FinetuneSettings(
+        max_steps=args.max_steps,
+        num_train_epochs=args.epochs,
+        batch_size=args.batch_size,
+        cutoff_len=args.cutoff_len,
+        train_on_inputs=bool(args.model),
+    )
     protocol = sweep.Protocol(tuple(args.learning_rates), args.seeds)
     output = Path(args.output)
     results_path = output.with_suffix(".json")
     if args.fresh and results_path.exists():
         results_path.unlink()
     synthetic = not args.model
-    records = sweep.run_sweep(methods, load_base, tokenizer, train, validation, tests, settings, protocol,
-                              results_path, greedy=synthetic, eval_batch_size=args.eval_batch_size,
-                              max_new_tokens={COMMONSENSE: 12, ARITHMETIC: 32} if synthetic else None)
+    records = sweep.run_sweep(
+        methods,
+        load_base,
+        tokenizer,
+        train,
+        validation,
+        tests,
+        settings,
+        protocol,
+        results_path,
+        greedy=synthetic,
+        eval_batch_size=args.eval_batch_size,
+        max_new_tokens={COMMONSENSE: 12, ARITHMETIC: 32} if synthetic else None,
+    )
     tasks = list(tests)
     title = f"{'Synthetic tasks' if synthetic else base_name}: accuracy vs activated parameters"
     sweep.plot(records, tasks, output.with_suffix(".png"), title)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     hours = sum(r["train_seconds"] for r in records) / 3600
-    text = "\n".join([
-        "# The PERFT comparison in miniature" if synthetic else f"# PERFT sweep on {base_name}", "",
-        *machine_lines(device), f"- Base model: {base_name}",
-        *([f"- Base knowledge: {knowledge}"] if knowledge else []),
-        f"- Fine-tuning (every method): {settings}",
-        f"- Protocol: learning rate chosen per method from {list(protocol.learning_rates)} on the validation split "
-        f"(seed 0; best mean accuracy, ties: lower answer NLL), then seeds 0..{protocol.seeds - 1} at that rate; "
-        f"{len(next(iter(validation.values())))} validation and {len(next(iter(tests.values())))} test items per "
-        f"task, disjoint (synthetic: different creatures and number pairs); {hours:.2f} h of fine-tuning in total",
-        "", "## Table 1 (test accuracy %, mean ± 95% CI half-width over seeds)", "",
-        sweep.table(records, tasks, methods), "", f"![accuracy vs % Act.]({output.with_suffix('.png').name})", "",
-        "# Act.: trainable parameters a token activates; % Act.: their share of the base model's activated "
-        "parameters. Scores: accuracy (%) on held-out items, answers extracted as in LLM-Adapters; answer NLL: "
-        "mean negative log-likelihood per response token, teacher-forced, averaged over the tasks.", "",
-        "## The papers' comparisons", "",
-        "Paired over seeds: a - b per seed, mean [95% t-interval]. Accuracy decides; the loss is shown beside it "
-        "(perft_peft/bench/questions.py has the rule).", "",
-        sweep.answers_markdown(records), "",
-        "## Learning-rate grid (validation accuracy % / answer NLL, seed 0)", "", sweep.grid_table(records), ""])
+    text = "\n".join(
+        [
+            "# The PERFT comparison in miniature" if synthetic else f"# PERFT sweep on {base_name}",
+            "",
+            *machine_lines(device),
+            f"- Base model: {base_name}",
+            *([f"- Base knowledge: {knowledge}"] if knowledge else []),
+            f"- Fine-tuning (every method): {settings}",
+            f"- Protocol: learning rate chosen per method from {list(protocol.learning_rates)} on the validation split "
+            f"(seed 0; best mean accuracy, ties: lower answer NLL), then seeds 0..{protocol.seeds - 1} at that rate; "
+            f"{len(next(iter(validation.values())))} validation and {len(next(iter(tests.values())))} test items per "
+            f"task, disjoint (synthetic: different creatures and number pairs); {hours:.2f} h of fine-tuning in total",
+            "",
+            "## Table 1 (test accuracy %, mean ± 95% CI half-width over seeds)",
+            "",
+            sweep.table(records, tasks, methods),
+            "",
+            f"![accuracy vs % Act.]({output.with_suffix('.png').name})",
+            "",
+            "# Act.: trainable parameters a token activates; % Act.: their share of the base model's activated "
+            "parameters. Scores: accuracy (%) on held-out items, answers extracted as in LLM-Adapters; answer NLL: "
+            "mean negative log-likelihood per response token, teacher-forced, averaged over the tasks.",
+            "",
+            "## The papers' comparisons",
+            "",
+            "Paired over seeds: a - b per seed, mean [95% t-interval]. Accuracy decides; the loss is shown beside it "
+            "(perft_peft/bench/questions.py has the rule).",
+            "",
+            sweep.answers_markdown(records),
+            "",
+            "## Learning-rate grid (validation accuracy % / answer NLL, seed 0)",
+            "",
+            sweep.grid_table(records),
+            "",
+        ]
+    )
     output.with_suffix(".md").write_text(text)
     print(text)

@@ -13,8 +13,8 @@ import torch
 from peft import get_peft_model
 
 from perft_peft import parameter_accounting
-from perft_peft.bench.measure import count_flops, interleaved_times, paired_ratio, peak_memory
 from perft_peft.bench import questions, sweep
+from perft_peft.bench.measure import count_flops, interleaved_times, paired_ratio, peak_memory
 from perft_peft.bench.methods import parse_method
 from perft_peft.bench.questions import CANNOT_TELL, CONTRADICTS, REPRODUCES, Comparison, Question, answer
 from perft_peft.bench.results import select
@@ -64,19 +64,33 @@ def test_paired_ratio_and_rotation():
     assert order == ["a", "b", "b", "a"] and all(len(t) == 2 for t in times.values())
 
 
-@pytest.mark.parametrize("spec,label", [("R:r=4,M=8,K=2", "PERFT-R (Top2/8) r=4"), ("E:r=8", "PERFT-E r=8"),
-                                        ("D:r=2,M=2", "PERFT-D (2) r=2"), ("lora_experts:r=1", "LoRA (experts) r=1"),
-                                        ("loramoe:r=8,E=4", "LoRAMoE (q,v) E=4 r=8")])
+@pytest.mark.parametrize(
+    "spec,label",
+    [
+        ("R:r=4,M=8,K=2", "PERFT-R (Top2/8) r=4"),
+        ("E:r=8", "PERFT-E r=8"),
+        ("D:r=2,M=2", "PERFT-D (2) r=2"),
+        ("lora_experts:r=1", "LoRA (experts) r=1"),
+        ("loramoe:r=8,E=4", "LoRAMoE (q,v) E=4 r=8"),
+    ],
+)
 def test_method_specs(spec, label):
     assert parse_method(spec).label == label
 
 
-@pytest.mark.parametrize("spec,message", [("X:r=2", "Unknown method"), ("R:r=2,M=4", "needs K"),
-                                          ("E:r=0", "positive integer"), ("S:r=2,M=3", "is not one of"),
-                                          ("R:r=2,M=2,K=3", "top_k=3 is larger"),
-                                          ("E:r=2,bottleneck=3", "bottleneck is not a field of PerftConfig"),
-                                          ("E:r=2,router=off", "loracoe and loramoe only"),
-                                          ("E:r=2,init", "not key=value")])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("X:r=2", "Unknown method"),
+        ("R:r=2,M=4", "needs K"),
+        ("E:r=0", "positive integer"),
+        ("S:r=2,M=3", "is not one of"),
+        ("R:r=2,M=2,K=3", "top_k=3 is larger"),
+        ("E:r=2,bottleneck=3", "bottleneck is not a field of PerftConfig"),
+        ("E:r=2,router=off", "loracoe and loramoe only"),
+        ("E:r=2,init", "not key=value"),
+    ],
+)
 def test_bad_method_specs(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_method(spec)
@@ -107,24 +121,37 @@ def test_t_interval_and_paired_differences():
 
 def _record(spec, lr, seed, test_accuracy, validation_accuracy=50.0, loss=1.0, activated=100, scored_from=None):
     split = lambda acc: {"t1": {"accuracy": acc, "loss": loss}, "t2": {"accuracy": acc, "loss": loss}}  # noqa: E731
-    return dict(spec=spec, label=spec, group=spec.partition(":")[0], r=8, trainable=activated, activated=activated,
-                pct_activated=0.1, learning_rate=lr, seed=seed, scored_from=scored_from or spec,
-                validation=split(validation_accuracy), test=split(test_accuracy), train_seconds=1.0, final_loss=1.0)
+    return dict(
+        spec=spec,
+        label=spec,
+        group=spec.partition(":")[0],
+        r=8,
+        trainable=activated,
+        activated=activated,
+        pct_activated=0.1,
+        learning_rate=lr,
+        seed=seed,
+        scored_from=scored_from or spec,
+        validation=split(validation_accuracy),
+        test=split(test_accuracy),
+        train_seconds=1.0,
+        final_loss=1.0,
+    )
 
 
 def test_learning_rate_is_chosen_on_validation_and_test_read_only_there():
-    records = [_record("S:r=2", 0.1, 0, test_accuracy=90.0, validation_accuracy=10.0),
-               _record("S:r=2", 0.01, 0, test_accuracy=20.0, validation_accuracy=60.0),
-               _record("S:r=2", 0.001, 0, test_accuracy=30.0, validation_accuracy=60.0, loss=0.5),  # tie: lower loss
-               _record("S:r=2", 0.001, 1, test_accuracy=40.0),
-               _record("S:r=2", 0.1, 1, test_accuracy=99.0),
-               # a router=off variant follows its trained spec's rate even where its own validation is better
-               _record("loracoe:r=8,E=2,router=off", 0.1, 0, 5.0, validation_accuracy=99.0,
-                       scored_from="loracoe:E=2,r=8"),
-               _record("loracoe:r=8,E=2,router=off", 0.01, 0, 6.0, validation_accuracy=1.0,
-                       scored_from="loracoe:E=2,r=8"),
-               _record("loracoe:E=2,r=8", 0.1, 0, 7.0, validation_accuracy=1.0),
-               _record("loracoe:E=2,r=8", 0.01, 0, 8.0, validation_accuracy=2.0)]
+    records = [
+        _record("S:r=2", 0.1, 0, test_accuracy=90.0, validation_accuracy=10.0),
+        _record("S:r=2", 0.01, 0, test_accuracy=20.0, validation_accuracy=60.0),
+        _record("S:r=2", 0.001, 0, test_accuracy=30.0, validation_accuracy=60.0, loss=0.5),  # tie: lower loss
+        _record("S:r=2", 0.001, 1, test_accuracy=40.0),
+        _record("S:r=2", 0.1, 1, test_accuracy=99.0),
+        # a router=off variant follows its trained spec's rate even where its own validation is better
+        _record("loracoe:r=8,E=2,router=off", 0.1, 0, 5.0, validation_accuracy=99.0, scored_from="loracoe:E=2,r=8"),
+        _record("loracoe:r=8,E=2,router=off", 0.01, 0, 6.0, validation_accuracy=1.0, scored_from="loracoe:E=2,r=8"),
+        _record("loracoe:E=2,r=8", 0.1, 0, 7.0, validation_accuracy=1.0),
+        _record("loracoe:E=2,r=8", 0.01, 0, 8.0, validation_accuracy=2.0),
+    ]
     chosen = select(records)
     assert chosen["S:r=2"].learning_rate == 0.001 and chosen["S:r=2"].per_seed("accuracy") == {0: 30.0, 1: 40.0}
     assert chosen["S:r=2"].grid == {0.1: (10.0, 1.0), 0.01: (60.0, 1.0), 0.001: (60.0, 0.5)}
@@ -133,21 +160,45 @@ def test_learning_rate_is_chosen_on_validation_and_test_read_only_there():
 
 def test_answers_give_each_verdict_from_paired_intervals():
     def runs(spec, accuracies, losses=None, activated=100):
-        return [_record(spec, 0.01, seed, acc, loss=(losses or [1.0] * 3)[seed], activated=activated)
-                for seed, acc in enumerate(accuracies)]
+        return [
+            _record(spec, 0.01, seed, acc, loss=(losses or [1.0] * 3)[seed], activated=activated)
+            for seed, acc in enumerate(accuracies)
+        ]
 
-    records = [*runs("S:r=1", [50.0, 60.0, 70.0], [1.0, 0.9, 0.8]),
-               *runs("S:r=2", [52.0, 62.5, 72.0], [0.9, 0.8, 0.7]),  # +2..2.5 on every seed: a>b holds
-               *runs("S:r=3", [45.0, 56.0, 64.0]),  # -4..-6: a>b contradicted
-               *runs("S:r=4", [55.0, 57.0, 71.0]),  # +5, -3, +1: cannot tell
-               *runs("S:r=5", [50.5, 59.8, 70.1], activated=300)]  # within 2 points: a=b holds
-    qs = (Question("q", "question", "claim", (Comparison("S:r=2", "S:r=1", "a>b"), Comparison("S:r=3", "S:r=1", "a>b"),
-                                              Comparison("S:r=4", "S:r=1", "a>b"), Comparison("S:r=1", "S:r=2", "a<b"),
-                                              Comparison("S:r=5", "S:r=1", "a=b"), Comparison("S:r=2", "S:r=1", "a=b"),
-                                              Comparison("S:r=9", "S:r=1", "a>b")), equal_activated=True),)
+    records = [
+        *runs("S:r=1", [50.0, 60.0, 70.0], [1.0, 0.9, 0.8]),
+        *runs("S:r=2", [52.0, 62.5, 72.0], [0.9, 0.8, 0.7]),  # +2..2.5 on every seed: a>b holds
+        *runs("S:r=3", [45.0, 56.0, 64.0]),  # -4..-6: a>b contradicted
+        *runs("S:r=4", [55.0, 57.0, 71.0]),  # +5, -3, +1: cannot tell
+        *runs("S:r=5", [50.5, 59.8, 70.1], activated=300),
+    ]  # within 2 points: a=b holds
+    qs = (
+        Question(
+            "q",
+            "question",
+            "claim",
+            (
+                Comparison("S:r=2", "S:r=1", "a>b"),
+                Comparison("S:r=3", "S:r=1", "a>b"),
+                Comparison("S:r=4", "S:r=1", "a>b"),
+                Comparison("S:r=1", "S:r=2", "a<b"),
+                Comparison("S:r=5", "S:r=1", "a=b"),
+                Comparison("S:r=2", "S:r=1", "a=b"),
+                Comparison("S:r=9", "S:r=1", "a>b"),
+            ),
+            equal_activated=True,
+        ),
+    )
     got = answer(records, qs)
-    assert [a.verdict for a in got] == [REPRODUCES, CONTRADICTS, CANNOT_TELL, REPRODUCES, REPRODUCES, CONTRADICTS,
-                                        "not run (S:r=9)"]
+    assert [a.verdict for a in got] == [
+        REPRODUCES,
+        CONTRADICTS,
+        CANNOT_TELL,
+        REPRODUCES,
+        REPRODUCES,
+        CONTRADICTS,
+        "not run (S:r=9)",
+    ]
     first = got[0]
     assert first.accuracy.mean == pytest.approx(13 / 6) and first.accuracy.low > 0
     assert first.loss.mean == pytest.approx(-0.1) and first.loss_verdict == REPRODUCES  # lower loss: a better
@@ -164,8 +215,13 @@ def test_every_question_names_methods_the_default_sweep_runs():
 
 
 def test_equal_activated_questions_are_equal_on_the_default_base():
-    base = mixtral_shaped(ModelShape(hidden_size=sweep.BaseSettings.hidden_size,
-                                     num_hidden_layers=sweep.BaseSettings.num_hidden_layers, vocab_size=64))
+    base = mixtral_shaped(
+        ModelShape(
+            hidden_size=sweep.BaseSettings.hidden_size,
+            num_hidden_layers=sweep.BaseSettings.num_hidden_layers,
+            vocab_size=64,
+        )
+    )
 
     def act(spec):
         return parameter_accounting(get_peft_model(shared_copy(base), parse_method(spec).config())).activated_trainable
@@ -202,8 +258,9 @@ def test_synthetic_answers_follow_the_world_and_splits_are_disjoint():
             creatures, pairs = world.creatures[split], world.pairs[split]
             for record in world.records(task.name, split, 40, seed=1):
                 words = record["instruction"].split()
-                assert is_correct(task.benchmark.extract(record["output"]), record["answer"],
-                                  numeric=task.benchmark.numeric)
+                assert is_correct(
+                    task.benchmark.extract(record["output"]), record["answer"], numeric=task.benchmark.numeric
+                )
                 if task.name in ("add", "two_step"):
                     a, b = int(words[2]), int(words[7])
                     assert (a, b) in pairs
@@ -263,8 +320,9 @@ def test_cache_key_covers_the_world_code_and_vocabulary(monkeypatch):
     key = settings.key()
     assert key == sweep.BaseSettings().key() != sweep.BaseSettings(steps=settings.steps + 1).key()
     real_source = sweep.inspect.getsource
-    monkeypatch.setattr(sweep.inspect, "getsource",
-                        lambda obj: real_source(obj) + ("# changed" if obj is sweep.synthetic else ""))
+    monkeypatch.setattr(
+        sweep.inspect, "getsource", lambda obj: real_source(obj) + ("# changed" if obj is sweep.synthetic else "")
+    )
     assert settings.key() != key
     monkeypatch.undo()
     real_tokenizer = sweep.world_tokenizer
@@ -284,8 +342,9 @@ def test_answer_loss_is_the_models_own_loss_on_the_response_tokens():
 
     world = World(0)
     records = world.records("add", "test", 3, seed=0)
-    tokenizer = tiny_word_tokenizer([r["instruction"] + " " + r["output"] for r in records] + [
-        sweep.generate_prompt(r) for r in records])
+    tokenizer = tiny_word_tokenizer(
+        [r["instruction"] + " " + r["output"] for r in records] + [sweep.generate_prompt(r) for r in records]
+    )
     model = tiny_moe("mixtral", vocab_size=len(tokenizer))
     features = [tokenize_example(r, tokenizer, 128, train_on_inputs=False) for r in records]
     batch = make_collator(tokenizer)(features)
@@ -296,8 +355,9 @@ def test_answer_loss_is_the_models_own_loss_on_the_response_tokens():
 
 def _run(args, timeout=900):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                            env=env, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result.stdout
 
@@ -305,15 +365,67 @@ def _run(args, timeout=900):
 @pytest.mark.slow
 def test_speed_script_smoke(tmp_path):
     output = tmp_path / "speed.md"
-    _run(["benchmarks/speed.py", "--output", output, "--hidden_size", 64, "--layers", 1, "--seq_len", 16,
-          "--batch_size", 2, "--vocab_size", 64, "--repeats", 2, "--warmup", 1, "--layer_hidden_size", 64,
-          "--layer_intermediate_size", 32, "--layer_experts", 16, "--layer_top_k", 4, "--layer_tokens", 16,
-          "--layer_repeats", 2, "--fusion_features", 32, "--fusion_tokens", 16, "--fusion_repeats", 2, "--loracoe_hidden_size", 64,
-          "--loracoe_layers", 1, "--loracoe_repeats", 2])
+    _run(
+        [
+            "benchmarks/speed.py",
+            "--output",
+            output,
+            "--hidden_size",
+            64,
+            "--layers",
+            1,
+            "--seq_len",
+            16,
+            "--batch_size",
+            2,
+            "--vocab_size",
+            64,
+            "--repeats",
+            2,
+            "--warmup",
+            1,
+            "--layer_hidden_size",
+            64,
+            "--layer_intermediate_size",
+            32,
+            "--layer_experts",
+            16,
+            "--layer_top_k",
+            4,
+            "--layer_tokens",
+            16,
+            "--layer_repeats",
+            2,
+            "--fusion_features",
+            32,
+            "--fusion_tokens",
+            16,
+            "--fusion_repeats",
+            2,
+            "--loracoe_hidden_size",
+            64,
+            "--loracoe_layers",
+            1,
+            "--loracoe_repeats",
+            2,
+        ]
+    )
     text = output.read_text()
-    for label in ["LoRA (q,v) r=8", "PERFT-R (Top2/8)", "PERFT-E", "PERFT-D (2)", "PERFT-S", "LoRA (experts)",
-                  "LoRACoE (q,v) E=2 r=8", "frozen block alone", "PERFT-R (Top8/64) r=8, sparse path", "| fused |",
-                  "LoRACoE E=2 r=16", "LoRACoE r=16, warmup phase (no router)", "- Machine: CPU"]:
+    for label in [
+        "LoRA (q,v) r=8",
+        "PERFT-R (Top2/8)",
+        "PERFT-E",
+        "PERFT-D (2)",
+        "PERFT-S",
+        "LoRA (experts)",
+        "LoRACoE (q,v) E=2 r=8",
+        "frozen block alone",
+        "PERFT-R (Top8/64) r=8, sparse path",
+        "| fused |",
+        "LoRACoE E=2 r=16",
+        "LoRACoE r=16, warmup phase (no router)",
+        "- Machine: CPU",
+    ]:
         assert label in text, label
 
 
@@ -323,16 +435,21 @@ def test_paper_sweep_script_smoke_and_resume(tmp_path):
     _run(args)
     records = json.loads((tmp_path / "sweep.json").read_text())
     runs = [(r["spec"], r["learning_rate"], r["seed"]) for r in records]
-    grid = [(spec, lr, 0) for spec in ("R:M=8,K=2,r=5", "lora_attn:r=8", "loracoe:r=8,E=2",
-                                       "loracoe:r=8,E=2,router=off") for lr in (1e-3, 1e-2)]
+    grid = [
+        (spec, lr, 0)
+        for spec in ("R:M=8,K=2,r=5", "lora_attn:r=8", "loracoe:r=8,E=2", "loracoe:r=8,E=2,router=off")
+        for lr in (1e-3, 1e-2)
+    ]
     assert runs[0] == ("base", None, 0) and set(grid) <= set(runs) and len(runs) == 1 + 8 + 4
     chosen = select(records)
     assert all(sorted(sel.runs) == [0, 1] for spec, sel in chosen.items() if spec != "base")
     off = [r for r in records if r["spec"].endswith("router=off")]
     assert all(r["scored_from"] == "loracoe:r=8,E=2" for r in off)
-    assert all(set(r[split]) == {t.name for t in TASKS}
-               and all(set(v) == {"accuracy", "loss"} for v in r[split].values())
-               for r in records for split in ("validation", "test"))
+    assert all(
+        set(r[split]) == {t.name for t in TASKS} and all(set(v) == {"accuracy", "loss"} for v in r[split].values())
+        for r in records
+        for split in ("validation", "test")
+    )
     assert (tmp_path / "sweep.png").stat().st_size > 0
     text = (tmp_path / "sweep.md").read_text()
     assert "| Strategy | r | # Act. | % Act. | lr | seeds | TF |" in text and " ± " in text
@@ -341,6 +458,11 @@ def test_paper_sweep_script_smoke_and_resume(tmp_path):
     assert len(list((tmp_path / "cache").iterdir())) == 1
     _run(args + ["--methods", "lora_attn:r=8", "S:r=2", "--seeds", 3])  # resumes: only S and the third seed run
     again = json.loads((tmp_path / "sweep.json").read_text())
-    assert again[:len(records)] == records
-    assert sorted((r["spec"], r["seed"]) for r in again[len(records):]) == [
-        ("S:r=2", 0), ("S:r=2", 0), ("S:r=2", 1), ("S:r=2", 2), ("lora_attn:r=8", 2)]
+    assert again[: len(records)] == records
+    assert sorted((r["spec"], r["seed"]) for r in again[len(records) :]) == [
+        ("S:r=2", 0),
+        ("S:r=2", 0),
+        ("S:r=2", 1),
+        ("S:r=2", 2),
+        ("lora_attn:r=8", 2),
+    ]

@@ -43,9 +43,21 @@ from .synthetic import QUESTIONS, SPLITS, TASKS, World
 
 # Every method of the questions (perft_peft.bench.questions), at the ranks that give PERFT-R (Top2/8), E, D and S
 # the activated parameters of LoRA (q,v) r=8 on the default base (hidden 128): 3,584 per layer each.
-DEFAULT_METHODS = ["R:M=8,K=2,r=5", "R:M=8,K=1,r=5", "R:M=8,K=4,r=5", "R:M=8,K=2,r=5,init=perft", "E:r=7",
-                   "D:M=2,r=7", "S:r=14", "lora_attn:r=8", "loracoe:r=8,E=1", "loracoe:r=8,E=2",
-                   "loracoe:r=8,E=2,router=off", "loracoe:r=8,E=4", "loramoe:r=8,E=4"]
+DEFAULT_METHODS = [
+    "R:M=8,K=2,r=5",
+    "R:M=8,K=1,r=5",
+    "R:M=8,K=4,r=5",
+    "R:M=8,K=2,r=5,init=perft",
+    "E:r=7",
+    "D:M=2,r=7",
+    "S:r=14",
+    "lora_attn:r=8",
+    "loracoe:r=8,E=1",
+    "loracoe:r=8,E=2",
+    "loracoe:r=8,E=2,router=off",
+    "loracoe:r=8,E=4",
+    "loramoe:r=8,E=4",
+]
 DEFAULT_RANKS = [8]  # for specs that name no r
 # Budget (docs/benchmarks.md, "The paper in miniature"): 12 trained methods x (3 rates + 2 more seeds) = 60 runs
 # of 300 steps; pilots measured 0.14-0.19 CPU-s per step and ~10 CPU-s of scoring per run: ~1 h on one free core.
@@ -73,9 +85,13 @@ class BaseSettings:
         """A hash of these settings and of everything else that makes the base: the world's code (synthetic.py),
         the vocabulary, the prompt template and the pre-training code."""
         tokenizer = world_tokenizer(World(self.world_seed))
-        payload = {**asdict(self), "world": inspect.getsource(synthetic), "vocab": sorted(tokenizer.get_vocab()),
-                   "template": generate_prompt({"instruction": "{i}", "input": "", "output": "{o}"}),
-                   "pretraining": [inspect.getsource(f) for f in (_pretraining_blocks, pretrain_base, pretrain)]}
+        payload = {
+            **asdict(self),
+            "world": inspect.getsource(synthetic),
+            "vocab": sorted(tokenizer.get_vocab()),
+            "template": generate_prompt({"instruction": "{i}", "input": "", "output": "{o}"}),
+            "pretraining": [inspect.getsource(f) for f in (_pretraining_blocks, pretrain_base, pretrain)],
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -95,15 +111,19 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("PERFT_PEFT_CACHE", Path.home() / ".cache" / "perft_peft")) / "paper_sweep"
 
 
-# -- the synthetic base model -------------------------------------------------------------------------------------------
+# -- the synthetic base model ------------------------------------------------------------------------------------------
+
 
 def world_tokenizer(world: World):
     """A word-level tokenizer over every word the world, its tasks and the LLM-Adapters templates use."""
     from ..data import tiny_word_tokenizer
 
     texts = world.pretraining_texts(3000, seed=0)
-    texts += [generate_prompt({"instruction": q, "input": "", "output": a}) for kind in QUESTIONS
-              for q, a in world.facts_of(kind)]
+    texts += [
+        generate_prompt({"instruction": q, "input": "", "output": a})
+        for kind in QUESTIONS
+        for q, a in world.facts_of(kind)
+    ]
     for task in TASKS:
         for split in SPLITS:
             for record in world.records(task.name, split, 300, seed=0):
@@ -131,8 +151,15 @@ def knowledge(model, tokenizer, world: World, batch_size: int = 128) -> dict[str
     out, right, total = {}, 0, 0
     for kind in QUESTIONS:
         facts = world.facts_of(kind)
-        responses = generate_responses(model, tokenizer, [q for q, _ in facts], num_beams=1, max_new_tokens=2,
-                                       batch_size=batch_size, progress=False)
+        responses = generate_responses(
+            model,
+            tokenizer,
+            [q for q, _ in facts],
+            num_beams=1,
+            max_new_tokens=2,
+            batch_size=batch_size,
+            progress=False,
+        )
         correct = sum(response.split()[:1] == [answer] for response, (_, answer) in zip(responses, facts))
         out[kind] = 100.0 * correct / len(facts)
         right, total = right + correct, total + len(facts)
@@ -148,24 +175,42 @@ def pretrain_base(settings: BaseSettings, path: Path, progress: bool = True) -> 
 
     world = World(settings.world_seed)
     tokenizer = world_tokenizer(world)
-    shape = ModelShape(settings.hidden_size, settings.num_hidden_layers, settings.num_experts, settings.top_k,
-                       seq_len=settings.block_size, vocab_size=len(tokenizer))
+    shape = ModelShape(
+        settings.hidden_size,
+        settings.num_hidden_layers,
+        settings.num_experts,
+        settings.top_k,
+        seq_len=settings.block_size,
+        vocab_size=len(tokenizer),
+    )
     model = mixtral_shaped(shape, seed=settings.world_seed)
-    model.config.update(dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id))
-    model.generation_config.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                   pad_token_id=tokenizer.pad_token_id)
+    model.config.update(
+        dict(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    model.generation_config.update(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     blocks = _pretraining_blocks(world, tokenizer, settings, seed=settings.world_seed + 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, settings.steps // 20), settings.steps)
     start = time.perf_counter()
-    loss = pretrain(model, blocks.split(settings.batch_size), optimizer, schedule, "pre-train the synthetic base",
-                     progress)
+    loss = pretrain(
+        model, blocks.split(settings.batch_size), optimizer, schedule, "pre-train the synthetic base", progress
+    )
     seconds = time.perf_counter() - start
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    report = {**asdict(settings), "final_loss": loss, "seconds": seconds, "knowledge": knowledge(model, tokenizer, world)}
+    report = {
+        **asdict(settings),
+        "final_loss": loss,
+        "seconds": seconds,
+        "knowledge": knowledge(model, tokenizer, world),
+    }
     (path / "pretraining.json").write_text(json.dumps(report, indent=2))
     return path
 
@@ -186,21 +231,33 @@ def cached_base(settings: BaseSettings, cache_dir: Path | None = None, progress:
     return path
 
 
-def synthetic_tasks(settings: BaseSettings, train_per_task: int, validation_per_task: int, test_per_task: int,
-                    seed: int = 0):
+def synthetic_tasks(
+    settings: BaseSettings, train_per_task: int, validation_per_task: int, test_per_task: int, seed: int = 0
+):
     """(training records of all tasks, shuffled; {task: validation records}; {task: test records}), each split
     on its own creatures and number pairs."""
     world = World(settings.world_seed)
     train = [r for t in TASKS for r in world.records(t.name, "train", train_per_task, seed)]
     random.Random(seed).shuffle(train)
-    return (train, {t: world.records(t.name, "validation", validation_per_task, seed) for t in TASKS},
-            {t: world.records(t.name, "test", test_per_task, seed) for t in TASKS})
+    return (
+        train,
+        {t: world.records(t.name, "validation", validation_per_task, seed) for t in TASKS},
+        {t: world.records(t.name, "test", test_per_task, seed) for t in TASKS},
+    )
 
 
 # -- fine-tuning and scoring ------------------------------------------------------------------------------------------
 
-def training_arguments(output_dir: str, method: Method, settings: FinetuneSettings, learning_rate: float,
-                       seed: int, steps_hint: int, progress: bool):
+
+def training_arguments(
+    output_dir: str,
+    method: Method,
+    settings: FinetuneSettings,
+    learning_rate: float,
+    seed: int,
+    steps_hint: int,
+    progress: bool,
+):
     from ..trainer import PerftTrainingArguments
 
     lr = learning_rate
@@ -209,15 +266,35 @@ def training_arguments(output_dir: str, method: Method, settings: FinetuneSettin
         extra = dict(loracoe_warmup_steps=steps_hint // 2, loracoe_warmup_learning_rate=lr)
         lr = lr * LORACOE_JOINT_LR_FACTOR
     return PerftTrainingArguments(
-        output_dir=output_dir, max_steps=settings.max_steps, num_train_epochs=settings.num_train_epochs,
-        per_device_train_batch_size=settings.batch_size, learning_rate=lr, lr_scheduler_type="cosine",
-        warmup_steps=int(settings.warmup_fraction * steps_hint), weight_decay=0.0, logging_steps=10,
-        save_strategy="no", report_to="none", seed=seed, remove_unused_columns=False,
-        disable_tqdm=not progress, use_cpu=not torch.cuda.is_available(), **extra)
+        output_dir=output_dir,
+        max_steps=settings.max_steps,
+        num_train_epochs=settings.num_train_epochs,
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=int(settings.warmup_fraction * steps_hint),
+        weight_decay=0.0,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        remove_unused_columns=False,
+        disable_tqdm=not progress,
+        use_cpu=not torch.cuda.is_available(),
+        **extra,
+    )
 
 
-def finetune(model, method: Method, train_dataset, tokenizer, settings: FinetuneSettings, learning_rate: float,
-             seed: int, progress: bool):
+def finetune(
+    model,
+    method: Method,
+    train_dataset,
+    tokenizer,
+    settings: FinetuneSettings,
+    learning_rate: float,
+    seed: int,
+    progress: bool,
+):
     """Train the adapter with PerftTrainer; returns the last logged training loss."""
     from ..trainer import PerftTrainer
 
@@ -225,8 +302,13 @@ def finetune(model, method: Method, train_dataset, tokenizer, settings: Finetune
     steps = settings.max_steps if settings.max_steps > 0 else math.ceil(per_epoch * settings.num_train_epochs)
     with tempfile.TemporaryDirectory() as output_dir:
         args = training_arguments(output_dir, method, settings, learning_rate, seed, steps, progress)
-        trainer = PerftTrainer(model=model, args=args, train_dataset=train_dataset,
-                               data_collator=make_collator(tokenizer), processing_class=tokenizer)
+        trainer = PerftTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            data_collator=make_collator(tokenizer),
+            processing_class=tokenizer,
+        )
         trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return losses[-1] if losses else None
@@ -243,32 +325,52 @@ def answer_loss(model, tokenizer, records: list[dict], cutoff_len: int, batch_si
     total, count = 0.0, 0
     try:
         for start in range(0, len(features), batch_size):
-            batch = collate(features[start:start + batch_size]).to(model.device)
+            batch = collate(features[start : start + batch_size]).to(model.device)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             labels = batch["labels"][:, 1:]
-            total += torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels,
-                                                       ignore_index=-100, reduction="sum").item()
+            total += torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100, reduction="sum"
+            ).item()
             count += int((labels != -100).sum())
     finally:
         model.train(was_training)
     return total / count
 
 
-def score(model, tokenizer, tests: dict, *, greedy: bool, batch_size: int, max_new_tokens: dict[str, int] | None,
-          cutoff_len: int) -> dict[str, dict[str, float]]:
+def score(
+    model,
+    tokenizer,
+    tests: dict,
+    *,
+    greedy: bool,
+    batch_size: int,
+    max_new_tokens: dict[str, int] | None,
+    cutoff_len: int,
+) -> dict[str, dict[str, float]]:
     """Per task: accuracy (%; generate, extract the answer as the task's benchmark does, compare) and the answer
     loss (``answer_loss``)."""
     scores = {}
     for task, records in tests.items():
         benchmark = task.benchmark
         tokens = (max_new_tokens or {}).get(task.domain, benchmark.max_new_tokens)
-        responses = generate_responses(model, tokenizer, [r["instruction"] for r in records],
-                                       num_beams=1 if greedy else benchmark.num_beams, max_new_tokens=tokens,
-                                       batch_size=batch_size, progress=False, desc=task.label)
-        correct = [is_correct(benchmark.extract(text), r["answer"], numeric=benchmark.numeric)
-                   for text, r in zip(responses, records)]
-        scores[task.name] = {"accuracy": 100.0 * sum(correct) / len(correct),
-                             "loss": answer_loss(model, tokenizer, records, cutoff_len, batch_size)}
+        responses = generate_responses(
+            model,
+            tokenizer,
+            [r["instruction"] for r in records],
+            num_beams=1 if greedy else benchmark.num_beams,
+            max_new_tokens=tokens,
+            batch_size=batch_size,
+            progress=False,
+            desc=task.label,
+        )
+        correct = [
+            is_correct(benchmark.extract(text), r["answer"], numeric=benchmark.numeric)
+            for text, r in zip(responses, records)
+        ]
+        scores[task.name] = {
+            "accuracy": 100.0 * sum(correct) / len(correct),
+            "loss": answer_loss(model, tokenizer, records, cutoff_len, batch_size),
+        }
     return scores
 
 
@@ -293,23 +395,68 @@ class Protocol:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}.")
 
 
-def _record(method: Method | None, accounting, learning_rate, seed, validation, test, seconds, loss,
-            scored_from: str | None = None) -> dict:
+def _record(
+    method: Method | None,
+    accounting,
+    learning_rate,
+    seed,
+    validation,
+    test,
+    seconds,
+    loss,
+    scored_from: str | None = None,
+) -> dict:
     if method is None:
-        return dict(spec="base", group="base model", label="base model (no fine-tuning)", r=None, trainable=0,
-                    activated=0, pct_activated=0.0, learning_rate=None, seed=GRID_SEED, scored_from=None,
-                    validation=validation, test=test, train_seconds=0.0, final_loss=None)
-    return dict(spec=method.spec, group=method.group, label=method.label, r=method.r,
-                trainable=accounting.trainable, activated=accounting.activated_trainable,
-                pct_activated=accounting.pct_activated, learning_rate=learning_rate, seed=seed,
-                scored_from=scored_from or method.spec, validation=validation, test=test, train_seconds=seconds,
-                final_loss=loss)
+        return dict(
+            spec="base",
+            group="base model",
+            label="base model (no fine-tuning)",
+            r=None,
+            trainable=0,
+            activated=0,
+            pct_activated=0.0,
+            learning_rate=None,
+            seed=GRID_SEED,
+            scored_from=None,
+            validation=validation,
+            test=test,
+            train_seconds=0.0,
+            final_loss=None,
+        )
+    return dict(
+        spec=method.spec,
+        group=method.group,
+        label=method.label,
+        r=method.r,
+        trainable=accounting.trainable,
+        activated=accounting.activated_trainable,
+        pct_activated=accounting.pct_activated,
+        learning_rate=learning_rate,
+        seed=seed,
+        scored_from=scored_from or method.spec,
+        validation=validation,
+        test=test,
+        train_seconds=seconds,
+        final_loss=loss,
+    )
 
 
-def run_sweep(methods: list[Method], load_base: Callable, tokenizer, train_records: list[dict], validation: dict,
-              tests: dict, settings: FinetuneSettings, protocol: Protocol, results_path: Path, *,
-              greedy: bool = True, eval_batch_size: int = 64, max_new_tokens: dict[str, int] | None = None,
-              progress: bool = True) -> list[dict]:
+def run_sweep(
+    methods: list[Method],
+    load_base: Callable,
+    tokenizer,
+    train_records: list[dict],
+    validation: dict,
+    tests: dict,
+    settings: FinetuneSettings,
+    protocol: Protocol,
+    results_path: Path,
+    *,
+    greedy: bool = True,
+    eval_batch_size: int = 64,
+    max_new_tokens: dict[str, int] | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """The protocol (module docstring) over ``methods`` and the base model alone (spec "base"). Every finished
     run's records (its method's, and its ``router=off`` variant's when that is among ``methods``) are appended
     to ``results_path`` at once; runs already there (same spec, learning rate, seed) are kept, not re-run."""
@@ -320,10 +467,15 @@ def run_sweep(methods: list[Method], load_base: Callable, tokenizer, train_recor
 
     records = json.loads(results_path.read_text()) if results_path.exists() else []
     done = {(canonical(r["spec"]), r["learning_rate"], r["seed"]) for r in records}
-    dataset = tokenize_dataset(Dataset.from_list(train_records), tokenizer, cutoff_len=settings.cutoff_len,
-                               train_on_inputs=settings.train_on_inputs)
-    eval_args = dict(greedy=greedy, batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
-                     cutoff_len=settings.cutoff_len)
+    dataset = tokenize_dataset(
+        Dataset.from_list(train_records),
+        tokenizer,
+        cutoff_len=settings.cutoff_len,
+        train_on_inputs=settings.train_on_inputs,
+    )
+    eval_args = dict(
+        greedy=greedy, batch_size=eval_batch_size, max_new_tokens=max_new_tokens, cutoff_len=settings.cutoff_len
+    )
     trained = list(dict.fromkeys(m.trained for m in methods))
     variants = {m: [v for v in methods if v.router_off and v.trained == m] for m in trained}
 
@@ -343,25 +495,59 @@ def run_sweep(methods: list[Method], load_base: Callable, tokenizer, train_recor
         start = time.perf_counter()
         loss = finetune(model, method, dataset, tokenizer, settings, learning_rate, seed, progress=False)
         seconds = time.perf_counter() - start
-        new = [_record(method, accounting, learning_rate, seed, score(model, tokenizer, validation, **eval_args),
-                       score(model, tokenizer, tests, **eval_args), seconds, loss)]
+        new = [
+            _record(
+                method,
+                accounting,
+                learning_rate,
+                seed,
+                score(model, tokenizer, validation, **eval_args),
+                score(model, tokenizer, tests, **eval_args),
+                seconds,
+                loss,
+            )
+        ]
         for variant in variants[method]:
             set_loracoe_phase(model, "warmup")  # the LoRACoE paper's inference without the router
-            new.append(_record(variant, accounting, learning_rate, seed,
-                               score(model, tokenizer, validation, **eval_args),
-                               score(model, tokenizer, tests, **eval_args), seconds, loss, scored_from=method.spec))
+            new.append(
+                _record(
+                    variant,
+                    accounting,
+                    learning_rate,
+                    seed,
+                    score(model, tokenizer, validation, **eval_args),
+                    score(model, tokenizer, tests, **eval_args),
+                    seconds,
+                    loss,
+                    scored_from=method.spec,
+                )
+            )
         save(*new)
 
     if ("base", None, GRID_SEED) not in done:
         base = load_base()
-        save(_record(None, None, None, GRID_SEED, score(base, tokenizer, validation, **eval_args),
-                     score(base, tokenizer, tests, **eval_args), 0.0, None))
+        save(
+            _record(
+                None,
+                None,
+                None,
+                GRID_SEED,
+                score(base, tokenizer, validation, **eval_args),
+                score(base, tokenizer, tests, **eval_args),
+                0.0,
+                None,
+            )
+        )
     plan = [(m, lr, GRID_SEED) for m in trained for lr in protocol.learning_rates]
     for method, lr, seed in tqdm(plan, desc="learning-rate grid", disable=not progress):
         run(method, lr, seed)
     chosen = select(records)
-    plan = [(m, chosen[canonical(m.spec)].learning_rate, seed) for m in trained
-            for seed in range(protocol.seeds) if seed != GRID_SEED]
+    plan = [
+        (m, chosen[canonical(m.spec)].learning_rate, seed)
+        for m in trained
+        for seed in range(protocol.seeds)
+        if seed != GRID_SEED
+    ]
     for method, lr, seed in tqdm(plan, desc="seeds", disable=not progress):
         run(method, lr, seed)
     return records
@@ -369,10 +555,13 @@ def run_sweep(methods: list[Method], load_base: Callable, tokenizer, train_recor
 
 # -- Table 1, Figure 4 and the answers ---------------------------------------------------------------------------------
 
+
 def _domains(tasks) -> dict[str, list[str]]:
     """{"CR": commonsense task names, "AR": arithmetic ones} (where present) and "Avg.": all."""
-    out = {name: [t.name for t in tasks if t.domain == domain]
-           for domain, name in ((COMMONSENSE, "CR"), (ARITHMETIC, "AR"))}
+    out = {
+        name: [t.name for t in tasks if t.domain == domain]
+        for domain, name in ((COMMONSENSE, "CR"), (ARITHMETIC, "AR"))
+    }
     return {**{k: v for k, v in out.items() if v}, "Avg.": [t.name for t in tasks]}
 
 
@@ -389,8 +578,7 @@ def table(records: list[dict], tasks, methods: list[Method] | None = None) -> st
     selections = select(records)
     order = ["base", *(canonical(m.spec) for m in methods)] if methods else list(selections)
     domains = _domains(tasks)
-    header = ["Strategy", "r", "# Act.", "% Act.", "lr", "seeds", *(t.label for t in tasks), *domains,
-              "answer NLL"]
+    header = ["Strategy", "r", "# Act.", "% Act.", "lr", "seeds", *(t.label for t in tasks), *domains, "answer NLL"]
     rows = []
     for spec in (s for s in order if s in selections):
         sel = selections[spec]
@@ -398,10 +586,20 @@ def table(records: list[dict], tasks, methods: list[Method] | None = None) -> st
         cells = [_ci(t_interval(list(sel.per_seed("accuracy", [t.name]).values()))) for t in tasks]
         means = [_ci(t_interval(list(sel.per_seed("accuracy", names).values()))) for names in domains.values()]
         nll = t_interval(list(sel.per_seed("loss").values()))
-        rows.append([r["label"].rsplit(" r=", 1)[0], r["r"] if r["r"] is not None else "-", f"{r['activated']:,}",
-                     f"{r['pct_activated']:.3f}", "-" if sel.learning_rate is None else f"{sel.learning_rate:g}",
-                     len(sel.runs), *cells, *means[:-1], f"**{means[-1]}**",
-                     f"{nll.mean:.3f}" if nll.n < 2 else f"{nll.mean:.3f} ± {nll.half_width:.3f}"])
+        rows.append(
+            [
+                r["label"].rsplit(" r=", 1)[0],
+                r["r"] if r["r"] is not None else "-",
+                f"{r['activated']:,}",
+                f"{r['pct_activated']:.3f}",
+                "-" if sel.learning_rate is None else f"{sel.learning_rate:g}",
+                len(sel.runs),
+                *cells,
+                *means[:-1],
+                f"**{means[-1]}**",
+                f"{nll.mean:.3f}" if nll.n < 2 else f"{nll.mean:.3f} ± {nll.half_width:.3f}",
+            ]
+        )
     return markdown_table(header, rows)
 
 
@@ -411,10 +609,19 @@ def grid_table(records: list[dict]) -> str:
 
     selections = {s: sel for s, sel in select(records).items() if sel.learning_rate is not None}
     rates = sorted({lr for sel in selections.values() for lr in sel.grid})
-    rows = [[sel.record["label"], *(f"{sel.grid[lr][0]:.1f} / {sel.grid[lr][1]:.3f}" if lr in sel.grid else "-"
-                                    for lr in rates),
-             f"{sel.learning_rate:g}" + (" (grid edge: widen it)" if len(sel.grid) > 2 and sel.learning_rate in
-                                         (min(sel.grid), max(sel.grid)) else "")] for sel in selections.values()]
+    rows = [
+        [
+            sel.record["label"],
+            *(f"{sel.grid[lr][0]:.1f} / {sel.grid[lr][1]:.3f}" if lr in sel.grid else "-" for lr in rates),
+            f"{sel.learning_rate:g}"
+            + (
+                " (grid edge: widen it)"
+                if len(sel.grid) > 2 and sel.learning_rate in (min(sel.grid), max(sel.grid))
+                else ""
+            ),
+        ]
+        for sel in selections.values()
+    ]
     return markdown_table(["Method", *(f"lr {lr:g}" for lr in rates), "chosen"], rows)
 
 
@@ -433,17 +640,29 @@ def answers_markdown(records: list[dict]) -> str:
             current = a.question
             lines += [f"**{a.question.question}.** Paper: {a.question.claim}.", ""]
         note = " (# Act. differ: {:,} vs {:,})".format(*a.activated) if a.unequal_activation else ""
-        rows.append([f"`{a.comparison.a}` vs `{a.comparison.b}`{note}", a.comparison.expect,
-                     "-" if a.accuracy is None else str(a.accuracy), f"**{a.verdict}**",
-                     "-" if a.loss is None else f"{a.loss.mean:+.3f} [{a.loss.low:+.3f}, {a.loss.high:+.3f}]",
-                     a.loss_verdict])
+        rows.append(
+            [
+                f"`{a.comparison.a}` vs `{a.comparison.b}`{note}",
+                a.comparison.expect,
+                "-" if a.accuracy is None else str(a.accuracy),
+                f"**{a.verdict}**",
+                "-" if a.loss is None else f"{a.loss.mean:+.3f} [{a.loss.low:+.3f}, {a.loss.high:+.3f}]",
+                a.loss_verdict,
+            ]
+        )
     if rows:
         lines.append(markdown_table(_ANSWER_HEADER, rows))
     return "\n".join(lines)
 
 
-_ANSWER_HEADER = ["a vs b", "paper", "Δ accuracy a-b, points [95% CI]", "answer", "Δ answer NLL a-b [95% CI]",
-                  "the loss says"]
+_ANSWER_HEADER = [
+    "a vs b",
+    "paper",
+    "Δ accuracy a-b, points [95% CI]",
+    "answer",
+    "Δ answer NLL a-b [95% CI]",
+    "the loss says",
+]
 
 
 def plot(records: list[dict], tasks, path: Path, title: str) -> None:
@@ -465,16 +684,36 @@ def plot(records: list[dict], tasks, path: Path, title: str) -> None:
         record = sel.record
         if record["r"] is None:
             ax.axhline(interval.mean, color="grey", linestyle="--", linewidth=1)
-            ax.annotate("base model", (0.01, interval.mean), xycoords=("axes fraction", "data"),
-                        textcoords="offset points", xytext=(0, 4), color="grey", fontsize=8)
+            ax.annotate(
+                "base model",
+                (0.01, interval.mean),
+                xycoords=("axes fraction", "data"),
+                textcoords="offset points",
+                xytext=(0, 4),
+                color="grey",
+                fontsize=8,
+            )
             continue
         error = 0.0 if interval.n < 2 else interval.half_width
-        ax.errorbar(record["pct_activated"], interval.mean, yerr=error, fmt="none", ecolor=colours[record["group"]],
-                    alpha=0.6, capsize=3)
+        ax.errorbar(
+            record["pct_activated"],
+            interval.mean,
+            yerr=error,
+            fmt="none",
+            ecolor=colours[record["group"]],
+            alpha=0.6,
+            capsize=3,
+        )
         hollow = record["scored_from"] != record["spec"]  # e.g. LoRACoE without its router at inference
-        ax.scatter(record["pct_activated"], interval.mean, s=25 + 12 * record["r"],
-                   color="none" if hollow else colours[record["group"]], alpha=0.8,
-                   edgecolors=colours[record["group"]] if hollow else "black", linewidths=1.0 if hollow else 0.5)
+        ax.scatter(
+            record["pct_activated"],
+            interval.mean,
+            s=25 + 12 * record["r"],
+            color="none" if hollow else colours[record["group"]],
+            alpha=0.8,
+            edgecolors=colours[record["group"]] if hollow else "black",
+            linewidths=1.0 if hollow else 0.5,
+        )
     for group, colour in colours.items():
         ax.scatter([], [], color=colour, label=group, s=60)
     ax.set_xscale("log")

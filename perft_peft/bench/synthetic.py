@@ -30,10 +30,56 @@ MAX_NUMBER = 20
 COLOURS = ["red", "blue", "green", "yellow"]
 HOMES = ["forest", "river", "city", "desert"]
 SIZES = ["small", "big"]
-CREATURES = ["fox", "owl", "cat", "dog", "bee", "eel", "elk", "yak", "ant", "bat", "cow", "hen", "pig", "rat",
-             "ram", "emu", "frog", "goat", "hare", "lark", "mole", "moth", "newt", "seal", "swan", "toad", "wasp",
-             "wolf", "crab", "deer", "duck", "lion", "mink", "puma", "orca", "kiwi", "ibis", "gnu", "koi", "lynx",
-             "mule", "oryx", "pony", "quail", "robin", "shrew", "tiger", "viper"]
+CREATURES = [
+    "fox",
+    "owl",
+    "cat",
+    "dog",
+    "bee",
+    "eel",
+    "elk",
+    "yak",
+    "ant",
+    "bat",
+    "cow",
+    "hen",
+    "pig",
+    "rat",
+    "ram",
+    "emu",
+    "frog",
+    "goat",
+    "hare",
+    "lark",
+    "mole",
+    "moth",
+    "newt",
+    "seal",
+    "swan",
+    "toad",
+    "wasp",
+    "wolf",
+    "crab",
+    "deer",
+    "duck",
+    "lion",
+    "mink",
+    "puma",
+    "orca",
+    "kiwi",
+    "ibis",
+    "gnu",
+    "koi",
+    "lynx",
+    "mule",
+    "oryx",
+    "pony",
+    "quail",
+    "robin",
+    "shrew",
+    "tiger",
+    "viper",
+]
 PEOPLE = ["tom", "anna", "ben", "mia"]
 SUMS = [(a, b) for a in range(MAX_NUMBER + 1) for b in range(MAX_NUMBER + 1 - a)]  # a + b <= MAX_NUMBER
 DIFFERENCES = [(n, c) for n in range(MAX_NUMBER + 1) for c in range(n + 1)]
@@ -54,10 +100,15 @@ class Task:
         return self.benchmark.domain
 
 
-TASKS = [Task("truefalse", "TF", get_benchmark("boolq")), Task("solution", "Sol", get_benchmark("piqa")),
-         Task("answer", "Ans", get_benchmark("social_i_qa")), Task("ending", "End", get_benchmark("hellaswag")),
-         Task("option", "Opt", get_benchmark("winogrande")), Task("add", "Add", get_benchmark("AddSub")),
-         Task("two_step", "2-step", get_benchmark("MultiArith"))]
+TASKS = [
+    Task("truefalse", "TF", get_benchmark("boolq")),
+    Task("solution", "Sol", get_benchmark("piqa")),
+    Task("answer", "Ans", get_benchmark("social_i_qa")),
+    Task("ending", "End", get_benchmark("hellaswag")),
+    Task("option", "Opt", get_benchmark("winogrande")),
+    Task("add", "Add", get_benchmark("AddSub")),
+    Task("two_step", "2-step", get_benchmark("MultiArith")),
+]
 assert {t.domain for t in TASKS} == {COMMONSENSE, ARITHMETIC}
 
 
@@ -124,8 +175,11 @@ class World:
         """Every (question, one-word answer) of a kind of knowledge, as pre-training asks it in the template."""
         if kind in ("colour", "home", "size"):
             index = ("colour", "home", "size").index(kind)
-            ask = {"colour": "what colour is the {} ?", "home": "where does the {} live ?",
-                   "size": "is the {} small or big ?"}[kind]
+            ask = {
+                "colour": "what colour is the {} ?",
+                "home": "where does the {} live ?",
+                "size": "is the {} small or big ?",
+            }[kind]
             return [(ask.format(c), self.facts[c][index]) for c in CREATURES]
         if kind == "sum":
             return [(f"what is {a} plus {b} ?", str(a + b)) for a, b in SUMS]
@@ -163,36 +217,50 @@ class World:
         colour, home, size = self.facts[creature]
         attribute = rng.choice([colour, size])
         truth = rng.random() < 0.5
-        claimed = attribute if truth else rng.choice([v for v in (COLOURS if attribute in COLOURS else SIZES)
-                                                      if v != attribute])
+        claimed = (
+            attribute
+            if truth
+            else rng.choice([v for v in (COLOURS if attribute in COLOURS else SIZES) if v != attribute])
+        )
         answer = "true" if truth else "false"
-        return self._record(f"Please answer the following question with true or false, question: is the "
-                            f"{creature} {claimed} ?\n\nAnswer format: true/false", f"the correct answer is {answer}",
-                            answer)
+        return self._record(
+            f"Please answer the following question with true or false, question: is the "
+            f"{creature} {claimed} ?\n\nAnswer format: true/false",
+            f"the correct answer is {answer}",
+            answer,
+        )
 
     def _solution(self, rng, creatures, pairs):
         creature = rng.choice(creatures)
         home = self.facts[creature][1]
-        options, answer = self._choice(rng, f"go to the {home} .", [f"go to the {h} ." for h in HOMES], 2,
-                                       "solution")
+        options, answer = self._choice(rng, f"go to the {home} .", [f"go to the {h} ." for h in HOMES], 2, "solution")
         options = options.replace(" Solution2:", "\n\nSolution2:")
-        return self._record(f"Please choose the correct solution to the question: how do you find the {creature} ?"
-                            f"\n\n{options}\n\nAnswer format: solution1/solution2",
-                            f"the correct answer is {answer}", answer)
+        return self._record(
+            f"Please choose the correct solution to the question: how do you find the {creature} ?"
+            f"\n\n{options}\n\nAnswer format: solution1/solution2",
+            f"the correct answer is {answer}",
+            answer,
+        )
 
     def _answer(self, rng, creatures, pairs):
         creature = rng.choice(creatures)
         options, answer = self._choice(rng, self.facts[creature][0], COLOURS, 3, "answer")
-        return self._record(f"Please choose the correct answer to the question: what colour is the {creature} ?"
-                            f"\n\n{options}\n\nAnswer format: answer1/answer2/answer3",
-                            f"the correct answer is {answer}", answer)
+        return self._record(
+            f"Please choose the correct answer to the question: what colour is the {creature} ?"
+            f"\n\n{options}\n\nAnswer format: answer1/answer2/answer3",
+            f"the correct answer is {answer}",
+            answer,
+        )
 
     def _ending(self, rng, creatures, pairs):
         creature = rng.choice(creatures)
         options, answer = self._choice(rng, f"{self.facts[creature][1]} .", [f"{h} ." for h in HOMES], 4, "ending")
-        return self._record(f"Please choose the correct ending to complete the given sentence: the {creature} lives "
-                            f"in the\n\n{options}\n\nAnswer format: ending1/ending2/ending3/ending4",
-                            f"the correct answer is {answer}", answer)
+        return self._record(
+            f"Please choose the correct ending to complete the given sentence: the {creature} lives "
+            f"in the\n\n{options}\n\nAnswer format: ending1/ending2/ending3/ending4",
+            f"the correct answer is {answer}",
+            answer,
+        )
 
     def _option(self, rng, creatures, pairs):
         a, b = rng.choice(pairs)
@@ -200,21 +268,29 @@ class World:
         word = rng.choice(["more", "less"])  # "_ is more than low": only high; "_ is less than high": only low
         correct, pivot = (high, low) if word == "more" else (low, high)
         options, answer = self._choice(rng, str(correct), [str(low), str(high)], 2, "option")
-        return self._record(f"Please choose the correct answer to fill in the blank to complete the given sentence: "
-                            f"_ is {word} than {pivot} .\n\n{options} Answer format: option1/option2",
-                            f"the correct answer is {answer}", answer)
+        return self._record(
+            f"Please choose the correct answer to fill in the blank to complete the given sentence: "
+            f"_ is {word} than {pivot} .\n\n{options} Answer format: option1/option2",
+            f"the correct answer is {answer}",
+            answer,
+        )
 
     def _add(self, rng, creatures, pairs):
         a, b = rng.choice(pairs)
         person, thing = rng.choice(PEOPLE), rng.choice(THINGS)
-        return self._record(f"{person} has {a} {thing} . {person} gets {b} more {thing} . how many {thing} does "
-                            f"{person} have now ?", f"{a} plus {b} is {a + b} . the answer is {a + b}", str(a + b))
+        return self._record(
+            f"{person} has {a} {thing} . {person} gets {b} more {thing} . how many {thing} does {person} have now ?",
+            f"{a} plus {b} is {a + b} . the answer is {a + b}",
+            str(a + b),
+        )
 
     def _two_step(self, rng, creatures, pairs):
         a, b = rng.choice(pairs)
         c = rng.randint(0, a + b)
         person, other, thing = *rng.sample(PEOPLE, 2), rng.choice(THINGS)
-        return self._record(f"{person} has {a} {thing} . {person} gets {b} more {thing} and gives {c} {thing} to "
-                            f"{other} . how many {thing} does {person} have now ?",
-                            f"{a} plus {b} is {a + b} . {a + b} minus {c} is {a + b - c} . the answer is {a + b - c}",
-                            str(a + b - c))
+        return self._record(
+            f"{person} has {a} {thing} . {person} gets {b} more {thing} and gives {c} {thing} to "
+            f"{other} . how many {thing} does {person} have now ?",
+            f"{a} plus {b} is {a + b} . {a + b} minus {c} is {a + b - c} . the answer is {a + b - c}",
+            str(a + b - c),
+        )
