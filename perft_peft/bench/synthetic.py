@@ -45,9 +45,6 @@ ORDERED = [(x, y) for x in range(MAX_NUMBER + 1) for y in range(MAX_NUMBER + 1) 
 STATEMENTS = ("creature", "sum", "difference", "order")  # pre-training's plain statements
 QUESTIONS = ("colour", "home", "size", "sum", "difference", "more")  # and its questions: the probed knowledge
 FORMATS = ("quiz", "claim", "story")  # and the facts used in other formats than the tasks' (module docstring)
-# Documents per kind, relative (a statement or question kind: 1). Pilots: at 1 quiz in 13 documents the base
-# picked its own quizzes' right option only 40% of the time (chance 33%), too rarely for the tasks' choices.
-FORMAT_WEIGHTS = {"quiz": 6, "claim": 1, "story": 2}
 LABELS = ("answer", "solution", "ending", "option")  # the label families of the tasks' choices
 THINGS = ["apples", "coins", "books", "cards"]
 
@@ -98,11 +95,9 @@ class World:
     # -- pre-training -------------------------------------------------------------------------------------------
 
     def pretraining_document(self, rng: random.Random) -> str:
-        """One statement, template-formatted question or other format (``FORMATS``) of the world's knowledge:
-        every statement and question kind equally likely, the other formats by ``FORMAT_WEIGHTS``."""
-        kinds = [*STATEMENTS, *QUESTIONS, *FORMATS]
-        kind = rng.choices(range(len(kinds)), [1] * (len(STATEMENTS) + len(QUESTIONS)) +
-                           [FORMAT_WEIGHTS[f] for f in FORMATS])[0]
+        """One statement, template-formatted question or other format (``FORMATS``) of the world's knowledge,
+        every kind equally likely."""
+        kind = rng.randrange(len(STATEMENTS) + len(QUESTIONS) + len(FORMATS))
         if kind < len(STATEMENTS):
             return getattr(self, f"_statement_{STATEMENTS[kind]}")(rng)
         if kind >= len(STATEMENTS) + len(QUESTIONS):
