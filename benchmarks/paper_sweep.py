@@ -102,7 +102,11 @@ def synthetic_setup(args):
     if knows["all"] < sweep.KNOWLEDGE_AIM:
         facts += (f"; BELOW the {sweep.KNOWLEDGE_AIM:.0f}% aim: the tasks partly test facts the base does not "
                   "know, not only adaptation (more --base_steps)")
-    return (lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer, train, validation,
+    load_base = lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # noqa: E731
+    quiz = sweep.look_up(load_base(), tokenizer, sweep.World(base.world_seed))
+    facts += (f"; picks the right option of {quiz['quiz']:.1f}% of fresh quizzes in its pre-training format "
+              f"(chance {quiz['chance']:.1f}%)")
+    return (load_base, tokenizer, train, validation,
             tests, f"synthetic tiny Mixtral-shaped MoE (hidden {base.hidden_size}, {base.num_hidden_layers} layers, "
             f"{base.num_experts} experts top-{base.top_k}, pre-trained {base.steps} steps at lr "
             f"{base.learning_rate:g} in {report['seconds'] / 60:.1f} min; cache key {base.key()})",

@@ -368,3 +368,27 @@ def test_paper_sweep_script_smoke_and_resume(tmp_path):
     assert again[:len(records)] == records
     assert sorted((r["spec"], r["seed"]) for r in again[len(records):]) == [
         ("S:r=2", 0), ("S:r=2", 0), ("S:r=2", 1), ("S:r=2", 2), ("lora_attn:r=8", 2)]
+
+
+def test_look_up_scores_a_quiz_solver_perfect_and_a_guesser_by_chance(monkeypatch):
+    world = World(0)
+    facts = dict(f for k in QUESTIONS for f in world.facts_of(k))
+
+    def solve(prompts, first=False):
+        answers = []
+        for prompt in prompts:
+            question, *options = re.split(r" (?=[A-Z][a-z]+\d: )", prompt)
+            if first:
+                answers.append(f"the answer is {options[0].split(':')[0].lower()}")
+                continue
+            words = question.split()
+            truth = facts.get(question) or str(min(int(words[4]), int(words[6])))  # "which is less , x or y ?"
+            answers.append(next(o.split(":")[0].lower() for o in options if o.split(": ")[1] == truth))
+        return answers
+
+    monkeypatch.setattr(sweep, "generate_responses", lambda model, tokenizer, prompts, **kw: solve(prompts))
+    solved = sweep.look_up(None, None, world, count=200)
+    assert solved["quiz"] == 100.0 and 33.3 < solved["chance"] < 50.0
+    monkeypatch.setattr(sweep, "generate_responses", lambda model, tokenizer, prompts, **kw: solve(prompts, True))
+    guessed = sweep.look_up(None, None, world, count=200)
+    assert guessed["chance"] == solved["chance"] and abs(guessed["quiz"] - guessed["chance"]) < 12

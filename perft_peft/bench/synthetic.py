@@ -106,7 +106,13 @@ class World:
         return generate_prompt({"instruction": question, "input": "", "output": answer})
 
     def _format_quiz(self, rng):
-        """A fact asked with 2-4 labelled options (any label family), answered by the right option's label."""
+        question, label = self.quiz(rng)
+        return generate_prompt({"instruction": question, "input": "",
+                                "output": rng.choice([label, f"the answer is {label}"])})
+
+    def quiz(self, rng: random.Random) -> tuple[str, str]:
+        """A fact asked with 2-4 labelled options (any label family) and the right option's label: pre-training's
+        quizzes (``sweep.look_up`` asks fresh ones to see whether the base can pick an option)."""
         kind = rng.choice(QUESTIONS + ("less",))
         if kind in ("more", "less"):
             x, y = rng.sample(range(MAX_NUMBER + 1), 2)
@@ -117,8 +123,7 @@ class World:
             pool = {"colour": COLOURS, "home": HOMES, "size": SIZES}.get(kind) or [str(n) for n in
                                                                               range(MAX_NUMBER + 1)]
         options, label = self._choice(rng, correct, pool, rng.randint(2, min(4, len(pool))), rng.choice(LABELS))
-        return generate_prompt({"instruction": f"{question} {options}", "input": "",
-                                "output": rng.choice([label, f"the answer is {label}"])})
+        return f"{question} {options}", label
 
     def _format_claim(self, rng):
         """A claim about a creature or a sum, marked true/false or correct/wrong."""
