@@ -6,12 +6,12 @@ order. Pre-training states those facts ("the fox is red .", "7 plus 5 is 12 .", 
 every one of them as a plain question in the LLM-Adapters training template ("what is 12 minus 5 ?" -> "7"). It
 also uses the facts in formats other than the tasks' own (``FORMATS``): multiple-choice quizzes that point at an
 option by its label (every label family the tasks use, with any kind of question and any number of options),
-claims marked true/false or correct/wrong, and stories of people counting things. So the base has the skills and
-the vocabulary the tasks need (looking a fact up among options, the label words, the stories' words) but none of
-the tasks' templates: fine-tuning adapts it to a format rather than teaching it new words. ``World.facts_of`` lists those
-questions: the sweep measures how many the base answers (its knowledge, in its pre-training format). The tasks
-ask about the same facts in the formats of the papers' benchmarks, scored by the same extractors
-(``perft_peft.evaluation``):
+claims marked true/false or correct/wrong, and stories of people counting things. So the base meets every word
+of the tasks' responses and practises the look-up their choices need (``sweep.look_up`` measures whether it
+learnt it) but none of the tasks' templates: fine-tuning should adapt a format, not teach new words.
+``World.facts_of`` lists the questions: the sweep measures how many the base answers (its knowledge, in its
+pre-training format). The tasks ask about the same facts in the formats of the papers' benchmarks, scored by the
+same extractors (``perft_peft.evaluation``):
 
     truefalse  BoolQ's "Answer format: true/false"          ending   HellaSwag's ending1..ending4
     solution   PIQA's solution1/solution2                   option   WinoGrande's fill-the-blank option1/option2
