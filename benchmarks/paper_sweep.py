@@ -129,8 +129,14 @@ def synthetic_setup(args):
             f"; BELOW the {sweep.KNOWLEDGE_AIM:.0f}% aim: the tasks partly test facts the base does not "
             "know, not only adaptation (more --base_steps)"
         )
+    load_base = lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # noqa: E731
+    quiz = sweep.look_up(load_base(), tokenizer, sweep.World(base.world_seed))
+    facts += (
+        f"; picks the right option of {quiz['quiz']:.1f}% of fresh quizzes in its pre-training format "
+        f"(chance {quiz['chance']:.1f}%)"
+    )
     return (
-        lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+        load_base,
         tokenizer,
         train,
         validation,

@@ -4,6 +4,7 @@ results, and a smoke run of each script at tiny sizes (no timing is asserted).""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from perft_peft.bench.questions import CANNOT_TELL, CONTRADICTS, REPRODUCES, Com
 from perft_peft.bench.results import select
 from perft_peft.bench.speed import ModelShape, matched_method, mixtral_shaped, shared_copy
 from perft_peft.bench.stats import paired_interval, t975, t_interval
-from perft_peft.bench.synthetic import COLOURS, HOMES, QUESTIONS, SPLITS, TASKS, World
+from perft_peft.bench.synthetic import COLOURS, FORMATS, HOMES, PEOPLE, QUESTIONS, SPLITS, TASKS, World
 from perft_peft.evaluation import is_correct
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -297,10 +298,39 @@ def test_pretraining_states_and_asks_only_the_worlds_facts():
             else:
                 creature = next(w for w in words if w in world.facts)
                 assert answer_word == world.facts[creature][("colour", "home", "size").index(kind)]
-    for text in world.pretraining_texts(300, seed=3):
-        if "### Response:" in text:
+    facts = [f for k in QUESTIONS for f in world.facts_of(k)]
+    kinds = set()
+    for text in world.pretraining_texts(600, seed=3):
+        if "### Response:" in text and ": " in text.split("### Response:")[0]:  # a quiz: labelled options
+            kinds.add("quiz")
+            question, response = (part.strip() for part in text.split("### Instruction:")[1].split("### Response:"))
+            question, *options = re.split(r" (?=[A-Z][a-z]+\d: )", question)
+            label = response.split()[-1]
+            chosen = next(o.split(": ")[1] for o in options if o.split(":")[0].lower() == label)
+            x, y = (int(w) for w in question.split()[4:7:2]) if question.startswith("which") else (0, 0)
+            assert (question, chosen) in facts or (question.startswith("which is less") and chosen == str(min(x, y)))
+            assert response.split()[:-1] in ([], ["the", "answer", "is"])
+        elif "### Response:" in text:
             question, answer_word = text.split("### Instruction:")[1].split("### Response:")
-            assert (question.strip(), answer_word.strip()) in [f for k in QUESTIONS for f in world.facts_of(k)]
+            assert (question.strip(), answer_word.strip()) in facts
+        elif text.split()[-2:] in (["true", "."], ["false", "."], ["correct", "."], ["wrong", "."]):
+            kinds.add("claim")
+            words = text.split()
+            truth = (
+                words[1] in world.facts
+                and words[3] in world.facts[words[1]]
+                or " plus " in text
+                and int(words[0]) + int(words[2]) == int(words[4])
+            )
+            assert (
+                words[-2] == ("true" if words[-2] in ("true", "false") else "correct")
+                if truth
+                else words[-2] in ("false", "wrong")
+            )
+        elif text.split()[0] in PEOPLE:
+            kinds.add("story")
+            counts = [int(w) for w in text.split() if w.isdigit()]
+            assert counts[0] + counts[1] == counts[2] if " gets " in text else counts[0] - counts[1] == counts[2]
         elif " plus " in text:
             a, _, b, _, total, _ = text.split()
             assert int(a) + int(b) == int(total)
@@ -313,6 +343,7 @@ def test_pretraining_states_and_asks_only_the_worlds_facts():
         else:
             creature = text.split()[1]
             assert text.split()[3] == world.facts[creature][0] and world.facts[creature][1] in text
+    assert kinds == set(FORMATS)
 
 
 def test_cache_key_covers_the_world_code_and_vocabulary(monkeypatch):
@@ -466,3 +497,27 @@ def test_paper_sweep_script_smoke_and_resume(tmp_path):
         ("S:r=2", 2),
         ("lora_attn:r=8", 2),
     ]
+
+
+def test_look_up_scores_a_quiz_solver_perfect_and_a_guesser_by_chance(monkeypatch):
+    world = World(0)
+    facts = dict(f for k in QUESTIONS for f in world.facts_of(k))
+
+    def solve(prompts, first=False):
+        answers = []
+        for prompt in prompts:
+            question, *options = re.split(r" (?=[A-Z][a-z]+\d: )", prompt)
+            if first:
+                answers.append(f"the answer is {options[0].split(':')[0].lower()}")
+                continue
+            words = question.split()
+            truth = facts.get(question) or str(min(int(words[4]), int(words[6])))  # "which is less , x or y ?"
+            answers.append(next(o.split(":")[0].lower() for o in options if o.split(": ")[1] == truth))
+        return answers
+
+    monkeypatch.setattr(sweep, "generate_responses", lambda model, tokenizer, prompts, **kw: solve(prompts))
+    solved = sweep.look_up(None, None, world, count=200)
+    assert solved["quiz"] == 100.0 and 33.3 < solved["chance"] < 50.0
+    monkeypatch.setattr(sweep, "generate_responses", lambda model, tokenizer, prompts, **kw: solve(prompts, True))
+    guessed = sweep.look_up(None, None, world, count=200)
+    assert guessed["chance"] == solved["chance"] and abs(guessed["quiz"] - guessed["chance"]) < 12

@@ -167,6 +167,20 @@ def knowledge(model, tokenizer, world: World, batch_size: int = 128) -> dict[str
     return out
 
 
+def look_up(model, tokenizer, world: World, count: int = 400, batch_size: int = 128) -> dict[str, float]:
+    """Accuracy (%) of the model on ``count`` fresh quizzes in its pre-training format (``World.quiz``: the last
+    word of the greedy response is the label) and the accuracy of guessing: whether the base can pick the option
+    that holds a fact, the skill the tasks' choices need."""
+    rng = random.Random(f"look-up/{count}")
+    quizzes = [world.quiz(rng) for _ in range(count)]
+    responses = generate_responses(
+        model, tokenizer, [q for q, _ in quizzes], num_beams=1, max_new_tokens=5, batch_size=batch_size, progress=False
+    )
+    correct = sum(response.split()[-1:] == [label] for response, (_, label) in zip(responses, quizzes))
+    chance = sum(1 / sum(word.endswith(":") and word[-2].isdigit() for word in q.split()) for q, _ in quizzes)
+    return {"quiz": 100.0 * correct / count, "chance": 100.0 * chance / count}
+
+
 def pretrain_base(settings: BaseSettings, path: Path, progress: bool = True) -> Path:
     """Pre-train the synthetic base on the world's knowledge (every weight, AdamW, cosine) and save it."""
     from transformers import get_cosine_schedule_with_warmup

@@ -3,11 +3,15 @@ the LLM-Adapters record format, shaped like the papers' two suites.
 
 The world: creatures with a colour, a home and a size; small numbers (0..20) with their sums, differences and
 order. Pre-training states those facts ("the fox is red .", "7 plus 5 is 12 .", "12 minus 5 is 7 .") and asks
-every one of them as a plain question in the LLM-Adapters training template ("what is 12 minus 5 ?" -> "7"), so
-the base model knows the facts and the template but none of the tasks' formats. ``World.facts_of`` lists those
-questions: the sweep measures how many the base answers (its knowledge, in its pre-training format). The tasks
-ask about the same facts in the formats of the papers' benchmarks, scored by the same extractors
-(``perft_peft.evaluation``):
+every one of them as a plain question in the LLM-Adapters training template ("what is 12 minus 5 ?" -> "7"). It
+also uses the facts in formats other than the tasks' own (``FORMATS``): multiple-choice quizzes that point at an
+option by its label (every label family the tasks use, with any kind of question and any number of options),
+claims marked true/false or correct/wrong, and stories of people counting things. So the base meets every word
+of the tasks' responses and practises the look-up their choices need (``sweep.look_up`` measures whether it
+learnt it) but none of the tasks' templates: fine-tuning should adapt a format, not teach new words.
+``World.facts_of`` lists the questions: the sweep measures how many the base answers (its knowledge, in its
+pre-training format). The tasks ask about the same facts in the formats of the papers' benchmarks, scored by the
+same extractors (``perft_peft.evaluation``):
 
     truefalse  BoolQ's "Answer format: true/false"          ending   HellaSwag's ending1..ending4
     solution   PIQA's solution1/solution2                   option   WinoGrande's fill-the-blank option1/option2
@@ -86,6 +90,8 @@ DIFFERENCES = [(n, c) for n in range(MAX_NUMBER + 1) for c in range(n + 1)]
 ORDERED = [(x, y) for x in range(MAX_NUMBER + 1) for y in range(MAX_NUMBER + 1) if x != y]
 STATEMENTS = ("creature", "sum", "difference", "order")  # pre-training's plain statements
 QUESTIONS = ("colour", "home", "size", "sum", "difference", "more")  # and its questions: the probed knowledge
+FORMATS = ("quiz", "claim", "story")  # and the facts used in other formats than the tasks' (module docstring)
+LABELS = ("answer", "solution", "ending", "option")  # the label families of the tasks' choices
 THINGS = ["apples", "coins", "books", "cards"]
 
 
@@ -140,12 +146,67 @@ class World:
     # -- pre-training -------------------------------------------------------------------------------------------
 
     def pretraining_document(self, rng: random.Random) -> str:
-        """One statement or template-formatted question of the world's knowledge, every kind equally likely."""
-        kind = rng.randrange(len(STATEMENTS) + len(QUESTIONS))
+        """One statement, template-formatted question or other format (``FORMATS``) of the world's knowledge,
+        every kind equally likely."""
+        kind = rng.randrange(len(STATEMENTS) + len(QUESTIONS) + len(FORMATS))
         if kind < len(STATEMENTS):
             return getattr(self, f"_statement_{STATEMENTS[kind]}")(rng)
+        if kind >= len(STATEMENTS) + len(QUESTIONS):
+            return getattr(self, f"_format_{FORMATS[kind - len(STATEMENTS) - len(QUESTIONS)]}")(rng)
         question, answer = rng.choice(self.facts_of(QUESTIONS[kind - len(STATEMENTS)]))
         return generate_prompt({"instruction": question, "input": "", "output": answer})
+
+    def _format_quiz(self, rng):
+        question, label = self.quiz(rng)
+        return generate_prompt(
+            {"instruction": question, "input": "", "output": rng.choice([label, f"the answer is {label}"])}
+        )
+
+    def quiz(self, rng: random.Random) -> tuple[str, str]:
+        """A fact asked with 2-4 labelled options (any label family) and the right option's label: pre-training's
+        quizzes (``sweep.look_up`` asks fresh ones to see whether the base can pick an option)."""
+        kind = rng.choice(QUESTIONS + ("less",))
+        if kind in ("more", "less"):
+            x, y = rng.sample(range(MAX_NUMBER + 1), 2)
+            question, correct, pool = (
+                f"which is {kind} , {x} or {y} ?",
+                str(max(x, y) if kind == "more" else min(x, y)),
+                [str(x), str(y)],
+            )
+        else:
+            question, correct = rng.choice(self.facts_of(kind))
+            pool = {"colour": COLOURS, "home": HOMES, "size": SIZES}.get(kind) or [
+                str(n) for n in range(MAX_NUMBER + 1)
+            ]
+        options, label = self._choice(rng, correct, pool, rng.randint(2, min(4, len(pool))), rng.choice(LABELS))
+        return f"{question} {options}", label
+
+    def _format_claim(self, rng):
+        """A claim about a creature or a sum, marked true/false or correct/wrong."""
+        creature = rng.choice(CREATURES)
+        if rng.random() < 0.5:
+            fact = rng.choice(self.facts[creature][::2])  # colour or size
+            pool = COLOURS if fact in COLOURS else SIZES
+            claimed = fact if rng.random() < 0.5 else rng.choice([v for v in pool if v != fact])
+            claim, truth = f"the {creature} is {claimed}", claimed == fact
+        else:
+            a, b = rng.choice(SUMS)
+            total = a + b if rng.random() < 0.5 else rng.choice([n for n in range(MAX_NUMBER + 1) if n != a + b])
+            claim, truth = f"{a} plus {b} is {total}", total == a + b
+        marks = rng.choice([("true", "false"), ("correct", "wrong")])
+        return f"{claim} : {marks[0] if truth else marks[1]} ."
+
+    @staticmethod
+    def _format_story(rng):
+        """People having, getting and giving things, with the counts said."""
+        a, b = rng.choice(SUMS)
+        person, other, thing = *rng.sample(PEOPLE, 2), rng.choice(THINGS)
+        if rng.random() < 0.5:
+            return f"{person} has {a} {thing} . {person} gets {b} more {thing} . now {person} has {a + b} {thing} ."
+        return (
+            f"{person} has {a + b} {thing} . {person} gives {b} {thing} to {other} . now {person} has {a} "
+            f"{thing} . how many {thing} does {other} get ? {b}"
+        )
 
     def pretraining_texts(self, count: int, seed: int) -> list[str]:
         rng = random.Random(seed)
