@@ -509,33 +509,19 @@ def run_sweep(
         start = time.perf_counter()
         loss = finetune(model, method, dataset, tokenizer, settings, learning_rate, seed, progress=False)
         seconds = time.perf_counter() - start
-        new = [
-            _record(
-                method,
-                accounting,
-                learning_rate,
-                seed,
-                score(model, tokenizer, validation, **eval_args),
-                score(model, tokenizer, tests, **eval_args),
-                seconds,
-                loss,
+
+        def scored(scored_as: Method, **extra):
+            """The record of the model as it is now, scored on validation and test."""
+            validation_scores = score(model, tokenizer, validation, **eval_args)
+            test_scores = score(model, tokenizer, tests, **eval_args)
+            return _record(
+                scored_as, accounting, learning_rate, seed, validation_scores, test_scores, seconds, loss, **extra
             )
-        ]
+
+        new = [scored(method)]
         for variant in variants[method]:
             set_loracoe_phase(model, "warmup")  # the LoRACoE paper's inference without the router
-            new.append(
-                _record(
-                    variant,
-                    accounting,
-                    learning_rate,
-                    seed,
-                    score(model, tokenizer, validation, **eval_args),
-                    score(model, tokenizer, tests, **eval_args),
-                    seconds,
-                    loss,
-                    scored_from=method.spec,
-                )
-            )
+            new.append(scored(variant, scored_from=method.spec))
         save(*new)
 
     if ("base", None, GRID_SEED) not in done:
