@@ -367,28 +367,32 @@ def _target_cell(row: Row, time_ratio: float, memory_ratio: float) -> str:
     return f"time <= {target}, memory <= {MEMORY_TARGET}: **{'met' if met else 'missed'}**"
 
 
+def _measured_cells(row: Row, base: Row, tokens: int) -> tuple[list[str], tuple[float, float, float]]:
+    """The cells every step table shares (label, # Act., median time, tokens/s, time / base, FLOP floor, peak
+    memory), and the paired time ratio to ``base`` (median, q1, q3)."""
+    ratio = paired_ratio(row.times, base.times)
+    median = sorted(row.times)[len(row.times) // 2]
+    cells = [
+        row.label,
+        f"{row.activated:,}",
+        _ms(median),
+        f"{tokens / median:,.0f}",
+        _ratio(*ratio),
+        f"{row.flops / base.flops:.3f}",
+        f"{row.memory / 2**20:,.0f}",
+    ]
+    return cells, ratio
+
+
 def model_table(rows: list[Row], tokens: int) -> str:
     from .report import markdown_table
 
     base = rows[0]
     body = []
     for row in rows:
-        time_ratio = paired_ratio(row.times, base.times)
+        cells, time_ratio = _measured_cells(row, base, tokens)
         memory_ratio = row.memory / base.memory
-        median = sorted(row.times)[len(row.times) // 2]
-        body.append(
-            [
-                row.label,
-                f"{row.activated:,}",
-                _ms(median),
-                f"{tokens / median:,.0f}",
-                _ratio(*time_ratio),
-                f"{row.flops / base.flops:.3f}",
-                f"{row.memory / 2**20:,.0f}",
-                f"{memory_ratio:.3f}",
-                _target_cell(row, time_ratio[0], memory_ratio),
-            ]
-        )
+        body.append([*cells, f"{memory_ratio:.3f}", _target_cell(row, time_ratio[0], memory_ratio)])
     header = [
         "method",
         "# Act.",
@@ -407,20 +411,7 @@ def layer_table(rows: list[Row], tokens: int) -> str:
     from .report import markdown_table
 
     base = rows[0]
-    body = []
-    for row in rows:
-        median = sorted(row.times)[len(row.times) // 2]
-        body.append(
-            [
-                row.label,
-                f"{row.activated:,}",
-                _ms(median),
-                f"{tokens / median:,.0f}",
-                _ratio(*paired_ratio(row.times, base.times)),
-                f"{row.flops / base.flops:.3f}",
-                f"{row.memory / 2**20:,.0f}",
-            ]
-        )
+    body = [_measured_cells(row, base, tokens)[0] for row in rows]
     header = [
         "block",
         "# Act.",
@@ -449,22 +440,9 @@ def loracoe_table(rows: list[Row], tokens: int) -> str:
     base = rows[0]
     body = []
     for index, row in enumerate(rows):
-        ratio = paired_ratio(row.times, base.times)
-        median = sorted(row.times)[len(row.times) // 2]
+        cells, ratio = _measured_cells(row, base, tokens)
         met = "met" if ratio[0] <= LORACOE_TARGET else "missed"
-        target = f"time <= {LORACOE_TARGET}: **{met}**" if index == 1 else "-"
-        body.append(
-            [
-                row.label,
-                f"{row.activated:,}",
-                _ms(median),
-                f"{tokens / median:,.0f}",
-                _ratio(*ratio),
-                f"{row.flops / base.flops:.3f}",
-                f"{row.memory / 2**20:,.0f}",
-                target,
-            ]
-        )
+        body.append([*cells, f"time <= {LORACOE_TARGET}: **{met}**" if index == 1 else "-"])
     header = [
         "method",
         "# Act.",
