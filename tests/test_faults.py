@@ -8,40 +8,23 @@ import sys
 
 import pytest
 import torch
-from datasets import Dataset
 from peft import get_peft_model
 from safetensors.torch import load_file
 
 from perft_peft import LoraCoeConfig, PerftConfig
-from perft_peft.trainer import PerftTrainer, PerftTrainingArguments
+from perft_peft.trainer import PerftTrainer
 from perft_peft.trainer.finite import NonFiniteError
 from perft_peft.trainer.output_dir import OutputDirBusy, output_dir_lock, publish, recover, staging_dir
 
 from .conftest import base_model
-
-
-def _dataset(rows=16, length=10):
-    ids = torch.randint(3, 128, (rows, length), generator=torch.Generator().manual_seed(0)).tolist()
-    return Dataset.from_dict({"input_ids": ids, "labels": ids, "attention_mask": [[1] * length] * rows})
+from .test_trainer import _args, _dataset
 
 
 def _trainer(output_dir, model=None, **kwargs):
-    defaults = dict(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=4,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="steps",
-        save_steps=2,
-        seed=0,
-        data_seed=0,
-        max_steps=4,
-        disable_tqdm=True,
-    )
+    """test_trainer's arguments, saving a checkpoint every 2 of the 4 steps."""
     model = model if model is not None else get_peft_model(base_model(), PerftConfig(variant="R", r=4))
-    return PerftTrainer(model=model, args=PerftTrainingArguments(**{**defaults, **kwargs}), train_dataset=_dataset())
+    args = _args(output_dir, **{"save_strategy": "steps", "save_steps": 2, **kwargs})
+    return PerftTrainer(model=model, args=args, train_dataset=_dataset())
 
 
 def _adapter(folder):
