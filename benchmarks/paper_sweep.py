@@ -1,7 +1,7 @@
 """The PERFT comparison in miniature, made to answer: every method fine-tuned the same way on the same MoE base,
 its learning rate chosen from a grid on a validation split, several seeds, scored on held-out tasks; a
 Table-1-shaped table (mean ± 95% CI), a Figure-4-shaped plot with error bars, and the papers' comparisons answered
-("reproduces" / "contradicts" / "cannot tell at this scale") with paired intervals (perft_peft/bench/questions.py).
+("reproduces" / "contradicts" / "cannot tell at this scale") with paired intervals (benchmarks/harness/questions.py).
 
     python benchmarks/paper_sweep.py            # offline: synthetic tiny MoE + synthetic tasks, ~2 h on 2 CPUs
     python benchmarks/paper_sweep.py --quick    # the same, tiny and meaningless: a smoke run in seconds
@@ -11,7 +11,7 @@ Table-1-shaped table (mean ± 95% CI), a Figure-4-shaped plot with error bars, a
         --bf16 --output benchmarks/results/olmoe_commonsense    # the real experiment, on a GPU machine
 
 Writes <output>.md (tables, answers, machine), <output>.png (plot) and <output>.json (every run, appended as it
-finishes: rerunning resumes; --fresh starts over). How it works: perft_peft/bench/sweep.py and synthetic.py.
+finishes: rerunning resumes; --fresh starts over). How it works: benchmarks/harness/sweep.py and synthetic.py.
 """
 
 import argparse
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from perft_peft.bench import sweep
-from perft_peft.bench.report import machine_lines
-from perft_peft.bench.synthetic import Task
+from harness import sweep
+from harness.report import machine_lines
+from harness.synthetic import Task
 from perft_peft.evaluation import ARITHMETIC, COMMONSENSE
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -41,7 +41,7 @@ p.add_argument(
     action="store_true",
     help="tiny sizes, few methods, 2 rates x 2 seeds: a smoke run (explicit flags still override)",
 )
-p.add_argument("--methods", nargs="+", default=sweep.DEFAULT_METHODS, help="method specs (perft_peft.bench.methods)")
+p.add_argument("--methods", nargs="+", default=sweep.DEFAULT_METHODS, help="method specs (harness/methods.py)")
 p.add_argument("--ranks", nargs="+", type=int, default=sweep.DEFAULT_RANKS, help="r for specs that name none")
 g = p.add_argument_group("protocol")
 g.add_argument(
@@ -233,7 +233,7 @@ if __name__ == "__main__":
             "## The papers' comparisons",
             "",
             "Paired over seeds: a - b per seed, mean [95% t-interval]. Accuracy decides; the loss is shown beside it "
-            "(perft_peft/bench/questions.py has the rule).",
+            "(benchmarks/harness/questions.py has the rule).",
             "",
             sweep.answers_markdown(records),
             "",

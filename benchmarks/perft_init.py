@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/perft_init.py    # ~20 min on a shared 2-core CPU (11 pre-training, cached)
     python benchmarks/perft_init.py --methods R:M=8,K=2 --learning_rates 1e-5 2e-5 --max_steps 300
 
-Fine-tunes PERFT adapters on the paper sweep's synthetic base and tasks (perft_peft/bench/sweep.py) with
+Fine-tunes PERFT adapters on the paper sweep's synthetic base and tasks (benchmarks/harness/sweep.py) with
 ``init_weights=True`` (peft LoRA's: Kaiming-uniform A, B = 0) and ``init_weights="perft"`` (the PERFT authors':
 A ~ N(0, 2/r), B ~ 1e-6 N(0, 1)), everything else equal, and reports the held-out loss (teacher-forced, on the
 answers of test items fine-tuning never saw), the last training loss and the held-out accuracy. Writes
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from perft_peft.bench import sweep
-from perft_peft.bench.report import machine_lines
+from harness import sweep
+from harness.report import machine_lines
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 p.add_argument("--output", default=str(Path(__file__).parent / "results" / "perft_init"))

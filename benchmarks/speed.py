@@ -4,7 +4,7 @@
     python benchmarks/speed.py --device cuda --dtype bfloat16 --output benchmarks/results/speed_gpu.md
     python benchmarks/speed.py --sections loracoe --output /tmp/loracoe.md   # one section only
 
-What is measured and how: perft_peft/bench/speed.py. The result (markdown, with the machine) goes to --output.
+What is measured and how: benchmarks/harness/speed.py. The result (markdown, with the machine) goes to --output.
 """
 
 import argparse
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from perft_peft.bench import speed
-from perft_peft.bench.report import machine_lines
+from harness import speed
+from harness.report import machine_lines
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 p.add_argument("--output", default=str(Path(__file__).parent / "results" / "speed.md"))
@@ -34,7 +34,7 @@ g.add_argument(
     "--methods",
     nargs="+",
     default=speed.MODEL_METHODS,
-    help="method specs (perft_peft.bench.methods); without r=, r is matched to the baseline's # Act.",
+    help="method specs (benchmarks/harness/methods.py); without r=, r is matched to the baseline's # Act.",
 )
 g.add_argument("--repeats", type=int, default=15)
 g.add_argument("--warmup", type=int, default=2)
@@ -149,7 +149,7 @@ if __name__ == "__main__":
             clock=clock,
         )
         sections += [
-            f"## LoRACoE against peft LoRA, r={args.loracoe_r}, targets {', '.join(speed.PAPER_TARGETS)}: dense "
+            f"## LoRACoE against peft LoRA, r={args.loracoe_r}, targets {', '.join(speed.LORACOE_MODULES)}: dense "
             f"Llama-shaped model (hidden {dense.hidden_size}, {dense.num_hidden_layers} layers, {dense.batch_size} "
             f"x {dense.seq_len} tokens, {args.dtype}; {args.loracoe_clock} time)",
             "",

@@ -307,7 +307,7 @@ def _model_index(report) -> list[EvalResult] | None:
     """One EvalResult per benchmark: accuracy (%) on its test set, generated answers (LLM-Adapters' protocol)."""
     if report is None:
         return None
-    from .evaluation.benchmarks import BENCHMARKS
+    from .evaluation.tasks import BENCHMARKS
 
     return [
         EvalResult(

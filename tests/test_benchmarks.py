@@ -13,15 +13,15 @@ import pytest
 import torch
 from peft import get_peft_model
 
+from harness import questions, sweep
+from harness.measure import count_flops, interleaved_times, paired_ratio, peak_memory
+from harness.methods import parse_method
+from harness.questions import CANNOT_TELL, CONTRADICTS, REPRODUCES, Comparison, Question, answer
+from harness.results import select
+from harness.speed import ModelShape, matched_method, mixtral_shaped, shared_copy
+from harness.stats import paired_interval, t975, t_interval
+from harness.synthetic import COLOURS, FORMATS, HOMES, PEOPLE, QUESTIONS, SPLITS, TASKS, World
 from perft_peft import parameter_accounting
-from perft_peft.bench import questions, sweep
-from perft_peft.bench.measure import count_flops, interleaved_times, paired_ratio, peak_memory
-from perft_peft.bench.methods import parse_method
-from perft_peft.bench.questions import CANNOT_TELL, CONTRADICTS, REPRODUCES, Comparison, Question, answer
-from perft_peft.bench.results import select
-from perft_peft.bench.speed import ModelShape, matched_method, mixtral_shaped, shared_copy
-from perft_peft.bench.stats import paired_interval, t975, t_interval
-from perft_peft.bench.synthetic import COLOURS, FORMATS, HOMES, PEOPLE, QUESTIONS, SPLITS, TASKS, World
 from perft_peft.evaluation import is_correct
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,7 +209,7 @@ def test_answers_give_each_verdict_from_paired_intervals():
 
 def test_every_question_names_methods_the_default_sweep_runs():
     specs = {m.spec for m in sweep.expand(sweep.DEFAULT_METHODS, sweep.DEFAULT_RANKS)}
-    from perft_peft.bench.results import canonical
+    from harness.results import canonical
 
     named = {canonical(s) for q in questions.QUESTIONS for c in q.comparisons for s in (c.a, c.b)}
     assert named <= {canonical(s) for s in specs}

@@ -35,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def task_sources(args) -> dict[str, Path]:
-    from ..evaluation.benchmarks import fixture_benchmarks, resolve
+    from ..evaluation.tasks import fixture_benchmarks, resolve
 
     if args.tiny:
         bundled = fixture_benchmarks()

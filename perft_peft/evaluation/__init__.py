@@ -10,13 +10,13 @@ shipped as an ``evaluate`` module and loaded by path (``metric``), the table (``
     print(report.to_markdown()); report.to_json("eval_results.json")
 """
 
-from .benchmarks import ARITHMETIC, BENCHMARKS, COMMONSENSE, Benchmark, fixture_benchmarks, get_benchmark, resolve
 from .extraction import NUMBER_TOLERANCE, FirstOf, is_correct, last_number
 from .generation import evaluation_generation_config, generate_responses
 from .metric import METRIC_PATH, load_accuracy_metric
 from .protocols import PROTOCOLS, Protocol, get_protocol
 from .report import BenchmarkResult, EvalReport
 from .runner import evaluate_benchmarks
+from .tasks import ARITHMETIC, BENCHMARKS, COMMONSENSE, Benchmark, fixture_benchmarks, get_benchmark, resolve
 
 __all__ = [
     "ARITHMETIC",

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from .benchmarks import BENCHMARKS, fixture_benchmarks, get_benchmark, resolve
 from .protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from .report import EvalReport
 from .runner import _load_records, check_settings, evaluate_benchmarks
+from .tasks import BENCHMARKS, fixture_benchmarks, get_benchmark, resolve
 
 RESULTS_JSON, RESULTS_MD, PREDICTIONS_JSON = "eval_results.json", "eval_results.md", "eval_predictions.json"
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..data import RESPONSE_MARKER, extract_response
-from .benchmarks import ARITHMETIC, COMMONSENSE, MAX_NEW_TOKENS, Benchmark
+from .tasks import ARITHMETIC, COMMONSENSE, MAX_NEW_TOKENS, Benchmark
 
 PERFT_ANSWER_PREFIX = "the correct answer is"
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from statistics import fmean
 
-from .benchmarks import BENCHMARKS, DOMAIN_AVERAGES, resolve
+from .tasks import BENCHMARKS, DOMAIN_AVERAGES, resolve
 
 _DOMAIN_TITLES = {"commonsense": "Commonsense reasoning", "arithmetic": "Arithmetic reasoning"}
 

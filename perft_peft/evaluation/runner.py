@@ -6,12 +6,12 @@ import os
 from collections.abc import Mapping, Sequence
 
 from ..data import EVAL_REQUIRED_FIELDS, check_records, load_llm_adapters_dataset
-from .benchmarks import Benchmark, get_benchmark
 from .extraction import is_correct
 from .generation import generate_responses
 from .metric import load_accuracy_metric
 from .protocols import DEFAULT_PROTOCOL, Protocol, get_protocol
 from .report import BenchmarkResult, EvalReport
+from .tasks import Benchmark, get_benchmark
 
 
 def evaluate_benchmarks(

@@ -26,7 +26,7 @@ PHASES = ("warmup", "joint")
 
 
 @dataclass(frozen=True)
-class _Setting:
+class _LoraCoeSetting:
     """Per-adapter hyperparameters the forward needs (the tensors live in the ParameterDicts)."""
 
     construction: str
@@ -35,7 +35,7 @@ class _Setting:
     kappa: float
 
 
-def rank_weights(logits: torch.Tensor, setting: _Setting, r: int) -> torch.Tensor:
+def rank_weights(logits: torch.Tensor, setting: _LoraCoeSetting, r: int) -> torch.Tensor:
     """c(x) / norm in float32 from the router logits, norm = kappa / E (composition: the sum of the E softmaxes
     over the r ranks, [..., r]) or kappa (partition: the softmax over the E groups, [..., E], one value for each
     group's r/E ranks). The caller folds the constant norm into the output scale rather than spending an
@@ -68,7 +68,7 @@ class LoraCoeLayer(nn.Module, BaseTunerLayer):
         self.loracoe_B = nn.ParameterDict()
         self.loracoe_router = nn.ParameterDict()
         self.loracoe_dropout = nn.ModuleDict()
-        self.loracoe_setting: dict[str, _Setting] = {}
+        self.loracoe_setting: dict[str, _LoraCoeSetting] = {}
         self.loracoe_phase: dict[str, str] = {}
         # Mean composition weights c per rank over the last training forward's tokens (for the trainer's
         # rank-usage telemetry); replaced every forward, empty outside training.
@@ -88,7 +88,7 @@ class LoraCoeLayer(nn.Module, BaseTunerLayer):
     ) -> None:
         """Create (or re-create) one adapter, in the joint phase. ``init`` = (A, B) of a LoRA to start from."""
         r, d_in, d_out = config.r, self.in_features, self.out_features
-        self.loracoe_setting[adapter_name] = _Setting(
+        self.loracoe_setting[adapter_name] = _LoraCoeSetting(
             config.construction, config.num_experts, config.scaling, config.kappa
         )
         self.loracoe_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()

@@ -35,7 +35,7 @@ ROUTER_INIT_STD = 0.02
 
 
 @dataclass(frozen=True)
-class _Setting:
+class _PerftSetting:
     """Per-adapter hyperparameters the forward needs (the tensors live in the ParameterDicts)."""
 
     variant: str
@@ -97,7 +97,7 @@ class PerftLayer(nn.Module, BaseTunerLayer):
         self.perft_B = nn.ParameterDict()
         self.perft_router = nn.ParameterDict()
         self.perft_dropout = nn.ModuleDict()
-        self.perft_setting: dict[str, _Setting] = {}
+        self.perft_setting: dict[str, _PerftSetting] = {}
         self.router_records: dict[str, RouterRecord] = {}
         self.sparse_min_expert_ratio = None  # None = by device (SPARSE_MIN_EXPERT_RATIO); tests force a path
         self._disable_adapters = False
@@ -110,7 +110,7 @@ class PerftLayer(nn.Module, BaseTunerLayer):
         variant, D, r = config.variant, self.hidden_size, config.r
         M = self.model_experts if variant == "E" else config.num_peft_experts
         top_k = config.top_k if variant == "R" else None
-        self.perft_setting[adapter_name] = _Setting(
+        self.perft_setting[adapter_name] = _PerftSetting(
             variant,
             M,
             top_k,

@@ -32,16 +32,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..accounting import parameter_accounting
-from ..data import generate_eval_prompt, generate_prompt, make_collator, tokenize_dataset, tokenize_example
-from ..evaluation import ARITHMETIC, COMMONSENSE, generate_responses, is_correct
-from ..testing import pretrain
+from perft_peft.accounting import parameter_accounting
+from perft_peft.data import generate_eval_prompt, generate_prompt, make_collator, tokenize_dataset, tokenize_example
+from perft_peft.evaluation import ARITHMETIC, COMMONSENSE, generate_responses, is_correct
+from perft_peft.testing import pretrain
+
 from . import synthetic
 from .methods import Method
 from .results import GRID_SEED, canonical, select
 from .synthetic import QUESTIONS, SPLITS, TASKS, World
 
-# Every method of the questions (perft_peft.bench.questions), at the ranks that give PERFT-R (Top2/8), E, D and S
+# Every method of the questions (harness.questions), at the ranks that give PERFT-R (Top2/8), E, D and S
 # the activated parameters of LoRA (q,v) r=8 on the default base (hidden 128): 3,584 per layer each.
 DEFAULT_METHODS = [
     "R:M=8,K=2,r=5",
@@ -116,7 +117,7 @@ def default_cache_dir() -> Path:
 
 def world_tokenizer(world: World):
     """A word-level tokenizer over every word the world, its tasks and the LLM-Adapters templates use."""
-    from ..data import tiny_word_tokenizer
+    from perft_peft.data import tiny_word_tokenizer
 
     texts = world.pretraining_texts(3000, seed=0)
     texts += [
@@ -272,7 +273,7 @@ def training_arguments(
     steps_hint: int,
     progress: bool,
 ):
-    from ..trainer import PerftTrainingArguments
+    from perft_peft.trainer import PerftTrainingArguments
 
     lr = learning_rate
     extra = {}
@@ -310,7 +311,7 @@ def finetune(
     progress: bool,
 ):
     """Train the adapter with PerftTrainer; returns the last logged training loss."""
-    from ..trainer import PerftTrainer
+    from perft_peft.trainer import PerftTrainer
 
     per_epoch = math.ceil(len(train_dataset) / settings.batch_size)
     steps = settings.max_steps if settings.max_steps > 0 else math.ceil(per_epoch * settings.num_train_epochs)
@@ -477,7 +478,7 @@ def run_sweep(
     from datasets import Dataset
     from peft import get_peft_model
 
-    from .. import set_loracoe_phase
+    from perft_peft import set_loracoe_phase
 
     records = json.loads(results_path.read_text()) if results_path.exists() else []
     done = {(canonical(r["spec"]), r["learning_rate"], r["seed"]) for r in records}

@@ -27,8 +27,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ..data import generate_prompt
-from ..evaluation import ARITHMETIC, COMMONSENSE, Benchmark, get_benchmark
+from perft_peft.data import generate_prompt
+from perft_peft.evaluation import ARITHMETIC, COMMONSENSE, Benchmark, get_benchmark
 
 MAX_NUMBER = 20
 COLOURS = ["red", "blue", "green", "yellow"]

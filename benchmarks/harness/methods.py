@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..baselines import TARGETS, lora_config
+from perft_peft.baselines import TARGETS, lora_config
 
 ATTENTION = ["q_proj", "v_proj"]
 GROUPS = {
@@ -105,7 +105,7 @@ class Method:
         return dataclasses.replace(config, **dict(self.options))
 
     def _base_config(self):
-        from .. import LoraCoeConfig, PerftConfig
+        from perft_peft import LoraCoeConfig, PerftConfig
 
         alpha = 2 * self.r
         # PERFT with peft LoRA's initialisation (B = 0), like every baseline here, so all methods start alike.

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..accounting import parameter_accounting
-from ..perft.losses import load_balancing_loss
+from perft_peft.accounting import parameter_accounting
+from perft_peft.perft.losses import load_balancing_loss
+
 from .measure import count_flops, interleaved_times, paired_ratio, peak_memory
 from .methods import Method, parse_method
 
@@ -34,8 +35,8 @@ BALANCE_COEF = 0.01  # PERFT-R's load-balancing loss weight (PerftTrainingArgume
 MODEL_BASELINE = "lora_attn:r=8"
 MODEL_METHODS = ["R:M=8,K=2", "E", "D:M=2", "S", "lora_experts", "loracoe:r=8,E=2"]
 LAYER_METHODS = ["R:r=8,M=8,K=2", "R:r=8,M=64,K=8", "E:r=8", "D:r=8,M=2", "S:r=16", "lora_experts:r=2"]
-TARGETS = {"PERFT-R": 1.03, "PERFT-E": 1.03, "LoRACoE (q,v)": 1.03}  # step-time ratio to the baseline
-PAPER_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # LoRACoE paper, appendix A
+SPEED_GOALS = {"PERFT-R": 1.03, "PERFT-E": 1.03, "LoRACoE (q,v)": 1.03}  # step-time ratio to the baseline
+LORACOE_MODULES = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # LoRACoE paper, appendix A
 LORACOE_TARGET = 1.02  # LoRACoE step time / peft LoRA step time, dense model, equal r and targets
 MEMORY_TARGET = 1.05
 
@@ -60,7 +61,7 @@ def mixtral_shaped(shape: ModelShape, num_hidden_layers: int | None = None, dtyp
     head, head dim 64) at ``shape``'s size."""
     from transformers import AutoModelForCausalLM
 
-    from ..testing import tiny_config
+    from perft_peft.testing import tiny_config
 
     heads = max(1, shape.hidden_size // 64)
     config = tiny_config(
@@ -112,7 +113,7 @@ def olmoe_layer_model(
     """A one-layer OLMoE-shaped model; the benchmark uses its MoE block."""
     from transformers import AutoModelForCausalLM
 
-    from ..testing import tiny_config
+    from perft_peft.testing import tiny_config
 
     config = tiny_config(
         "olmoe",
@@ -237,18 +238,18 @@ def loracoe_benchmark(
     clock=time.perf_counter,
 ) -> list[Row]:
     """Training steps of peft LoRA, LoRACoE (joint phase) and LoRACoE in its warmup phase (no router) on a dense
-    Llama-shaped model, r and targets equal (PAPER_TARGETS), lora_alpha = 2r. ``clock``: see measure.timed."""
+    Llama-shaped model, r and targets equal (LORACOE_MODULES), lora_alpha = 2r. ``clock``: see measure.timed."""
     from peft import LoraConfig, get_peft_model
 
-    from .. import LoraCoeConfig, set_loracoe_phase
+    from perft_peft import LoraCoeConfig, set_loracoe_phase
 
     base = llama_shaped(shape, dtype=dtype, seed=seed).to(device)
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, shape.vocab_size, (shape.batch_size, shape.seq_len), generator=generator).to(device)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
-    coe = LoraCoeConfig(r=r, lora_alpha=2 * r, num_experts=num_experts, target_modules=PAPER_TARGETS)
+    coe = LoraCoeConfig(r=r, lora_alpha=2 * r, num_experts=num_experts, target_modules=LORACOE_MODULES)
     variants = [
-        (f"LoRA r={r}", LoraConfig(r=r, lora_alpha=2 * r, target_modules=PAPER_TARGETS), None),
+        (f"LoRA r={r}", LoraConfig(r=r, lora_alpha=2 * r, target_modules=LORACOE_MODULES), None),
         (f"LoRACoE E={num_experts} r={r}", coe, "joint"),
         (f"LoRACoE r={r}, warmup phase (no router)", copy.deepcopy(coe), "warmup"),
     ]
@@ -325,7 +326,7 @@ def fusion_benchmark(
     """Forward time of one LoRACoE linear layer (joint phase), router fused into A's GEMM and not."""
     from peft import inject_adapter_in_model
 
-    from .. import LoraCoeConfig
+    from perft_peft import LoraCoeConfig
 
     torch.manual_seed(seed)
     holder = torch.nn.Module()
@@ -360,7 +361,7 @@ def _ratio(median: float, q1: float, q3: float) -> str:
 
 
 def _target_cell(row: Row, time_ratio: float, memory_ratio: float) -> str:
-    target = TARGETS.get(row.method.group) if row.method is not None else None
+    target = SPEED_GOALS.get(row.method.group) if row.method is not None else None
     if target is None:
         return "-"
     met = time_ratio <= target and memory_ratio <= MEMORY_TARGET
