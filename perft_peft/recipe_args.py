@@ -293,23 +293,33 @@ class RecipeParser(HfArgumentParser):
         self.set_defaults(**recipe_training_defaults())
         self._own_defaults = [(action, action.default) for action in self._actions]  # --no_x shares x's dest
         self.method_class = method_class
+        self._context = ""  # what error messages start with: the config file while its values are parsed
 
     def parse(self, argv=None):
         """(script arguments, method arguments, training arguments) from ``--config`` and the flags, checked."""
         argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
-        config = self._read_config(self._config_path(argv))
+        path = self._config_path(argv)
+        config = self._read_config(path)
         self._set_config_defaults(config)  # what --help shows, and the config's nulls
+        self._context = f"{path}: "
+        try:
+            self.parse_args(config_flags(config))  # the file's values alone, so an error names the file
+        finally:
+            self._context = ""
         values = vars(self.parse_args([*config_flags(config), *argv]))
         flags = self._option_string_actions
         given = {flags[a.split("=")[0]].dest for a in argv if a.split("=")[0] in flags}
         try:
             self._check_and_derive(values, given)
             return tuple(
-                kind(**{f.name: values[f.name] for f in dataclasses.fields(kind) if f.init})
+                kind(**{f.name: values[f.name] for f in dataclasses.fields(kind) if f.init and f.name in values})
                 for kind in self.dataclass_types
             )
         except ValueError as error:
             self.error(str(error))
+
+    def error(self, message: str):
+        super().error(self._context + message)
 
     def _set_config_defaults(self, config: dict) -> None:
         for action, default in self._own_defaults:
@@ -370,15 +380,19 @@ class RecipeParser(HfArgumentParser):
             if "eval_strategy" in given and values["eval_strategy"] != "no":
                 raise ValueError("--eval_strategy needs a validation split: give --val_set_size")
             values["eval_strategy"], values["load_best_model_at_end"] = "no", False
+            if values["per_device_eval_batch_size"] is None:  # TrainingArguments' own default, unused
+                del values["per_device_eval_batch_size"]
             return
+        if values["per_device_eval_batch_size"] is None:
+            values["per_device_eval_batch_size"] = values["per_device_train_batch_size"]
         if "eval_strategy" not in given and values["eval_strategy"] == "no":
             values["eval_strategy"] = "steps"
         values["metric_for_best_model"] = values["metric_for_best_model"] or "eval_loss"
         eval_every = values["eval_steps"] or values["logging_steps"]
         if values["load_best_model_at_end"] and values["save_steps"] % eval_every:
             raise ValueError(
-                f"--load_best_model_at_end needs --save_steps ({values['save_steps']}) to be a multiple of "
-                f"--eval_steps ({eval_every})"
+                f"--load_best_model_at_end needs --save_steps ({values['save_steps']:g}) to be a multiple of "
+                f"--eval_steps ({eval_every:g})"
             )
 
     @staticmethod
@@ -386,8 +400,6 @@ class RecipeParser(HfArgumentParser):
         """--batch_size (global) sets the accumulation; --gradient_accumulation_steps as a flag replaces a config
         file's batch_size."""
         micro = values["per_device_train_batch_size"]
-        if values["per_device_eval_batch_size"] is None:
-            values["per_device_eval_batch_size"] = micro
         if "gradient_accumulation_steps" in given:
             if "batch_size" in given:
                 raise ValueError("give --batch_size or --gradient_accumulation_steps, not both")
