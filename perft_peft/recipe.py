@@ -210,7 +210,7 @@ def run_identity(script, method, training_args) -> dict:
     from .trainer.trainer import IDENTITY_ARGS
 
     identity = {**dataclasses.asdict(script), **dataclasses.asdict(method)}
-    identity.update({k: getattr(training_args, k) for k in (*IDENTITY_ARGS, *TRAINING_IDENTITY)})
+    identity.update({k: getattr(training_args, k, None) for k in (*IDENTITY_ARGS, *TRAINING_IDENTITY)})
     args = training_args
     identity["batch_size"] = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     return {k: v for k, v in sorted(identity.items()) if k not in NOT_IDENTITY}

@@ -452,7 +452,7 @@ def test_tiny_train_then_evaluate(tmp_path):
             "1",
             "--batch_size",
             "2",
-            "--micro_batch_size",
+            "--per_device_train_batch_size",
             "2",
             "--gradient_checkpointing",
             "false",

@@ -241,7 +241,7 @@ def test_tiny_recipe_run_validates_and_keeps_the_best(tmp_path):
             "4",
             "--batch_size",
             "4",
-            "--micro_batch_size",
+            "--per_device_train_batch_size",
             "2",
             "--eval_steps",
             "2",
