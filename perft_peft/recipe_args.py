@@ -248,7 +248,8 @@ def check_numbers(values: dict) -> str | None:
 def recipe_training_defaults() -> dict:
     """The recipes' own TrainingArguments defaults (a config file or flag may change them): what their data and
     saving need, and the backend for several processes without CUDA (gloo; otherwise every rank silently believes
-    it is rank 0). DeepSpeed comes from the accelerate config."""
+    it is rank 0). DeepSpeed comes from the accelerate config. Code that builds its arguments without a command
+    line can start from them too: ``PerftTrainingArguments(**{**recipe_training_defaults(), **fields})``."""
     import torch
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -258,7 +259,6 @@ def recipe_training_defaults() -> dict:
         gradient_checkpointing_kwargs={"use_reentrant": False},
         ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
         use_cpu=not torch.cuda.is_available(),
-        per_device_eval_batch_size=None,  # unset: per_device_train_batch_size, as PERFT's finetune.py
     )
 
 
@@ -290,7 +290,8 @@ class RecipeParser(HfArgumentParser):
             help="YAML file setting any of the fields below by name (this recipe's own by default: the papers' "
             "settings); flags override it",
         )
-        self.set_defaults(**recipe_training_defaults())
+        # per_device_eval_batch_size unset: per_device_train_batch_size, as PERFT's finetune.py
+        self.set_defaults(**recipe_training_defaults(), per_device_eval_batch_size=None)
         self._own_defaults = [(action, action.default) for action in self._actions]  # --no_x shares x's dest
         self.method_class = method_class
         self._context = ""  # what error messages start with: the config file while its values are parsed
