@@ -2,6 +2,10 @@
 dataclasses (the script arguments every recipe shares, the method's settings, ``PerftTrainingArguments``), with a
 ``--config`` YAML that may set any of their fields and command-line flags that override it.
 
+Not ``trl.TrlParser`` (trl is no dependency of the package): it applies a config file's values as argparse defaults,
+which argparse never checks against a type or choices, and reports unknown keys only as a plain ValueError. Here a
+file's values are parsed as the flags they stand for, so a bad value or key stops the run naming the file and key.
+
 Each setting is declared once: the method dataclasses take their fields (type, default, help) from ``PerftConfig``,
 ``LoraCoeConfig`` and peft's ``LoraConfig``, and nothing ``TrainingArguments`` has is declared again. Everything is
 checked before a model exists: unknown keys and bad values stop the run with an error naming the key.
@@ -279,8 +283,8 @@ class RecipeParser(HfArgumentParser):
             (ScriptArguments, method_class, PerftTrainingArguments),
             description=description,
             usage="%(prog)s [--config FILE.yaml] [--FIELD VALUE ...]  (all fields: --help)",
-            allow_abbrev=False,
-            formatter_class=_HelpFormatter,  # a mistyped flag is an error, not a prefix of another one
+            allow_abbrev=False,  # a mistyped flag is an error, not a prefix of another one
+            formatter_class=_HelpFormatter,
             epilog="The training arguments are transformers' TrainingArguments (every field is a flag) plus "
             "PERFT's and LoRACoE's (perft_peft.trainer.PerftTrainingArguments). --config files use the same names.",
         )
