@@ -36,7 +36,7 @@ from .perft.card import card_description as perft_card_description
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 ACCOUNTING_FILE = "accounting.json"
 EVAL_RESULTS_FILE = "eval_results.md"
-EVAL_REPORT_FILE = "eval_results.json"  # recipes/evaluate.py's table as data: the card's model-index
+EVAL_REPORT_FILE = "eval_results.json"  # recipes/evaluate_adapter.py's table as data: the card's model-index
 CARD_BEGIN = "<!-- perft-peft card: regenerated on every save and push; edit outside this block -->"
 CARD_END = "<!-- end of perft-peft card -->"
 # Each method's folder says what its adapters add to the model: (tag, name, one-line description) from its config.
@@ -153,7 +153,8 @@ def write_model_card(
 ) -> ModelCard:
     """Write our card for ``model``'s active adapter to ``output_dir/README.md``, updating the card there
     (``updated_card``). The accounting and evaluation come from the folder's files when it has them (the
-    recipes write ``accounting.json``; ``recipes/evaluate.py`` the ``eval_results`` files), else from the model."""
+    recipes write ``accounting.json``; ``recipes/evaluate_adapter.py`` the ``eval_results`` files), else from the
+    model."""
     folder = Path(output_dir)
     eval_results, eval_report = _folder_evaluation(folder, None, None)
     ours = model_card(

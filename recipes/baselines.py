@@ -9,14 +9,11 @@ expert weights (peft `target_parameters`).
 from pathlib import Path
 
 from perft_peft import recipe
-from perft_peft.baselines import TARGETS, lora_config
+from perft_peft.baselines import lora_config
+from perft_peft.recipe_args import BaselineArguments
 
-p = recipe.parser(__doc__, Path(__file__).parent / "configs" / "baselines.yaml")
-p.add_argument("--method", choices=sorted(TARGETS), help="where peft's LoRA goes")
-p.add_argument("--r", type=int)
-p.add_argument("--lora_alpha", type=int)
-p.add_argument("--lora_dropout", type=float)
+p = recipe.parser(__doc__, Path(__file__).parent / "configs" / "baselines.yaml", BaselineArguments)
 
 if __name__ == "__main__":
-    args = recipe.parse(p)
-    recipe.run(args, lora_config(args.method, args.r, args.lora_alpha, args.lora_dropout))
+    script, method, training = p.parse()
+    recipe.run(script, method, training, lora_config(method.method, method.r, method.lora_alpha, method.lora_dropout))

@@ -6,7 +6,6 @@ import math
 import runpy
 import subprocess
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ FAST = [
     "2",
     "--batch_size",
     "2",
-    "--micro_batch_size",
+    "--per_device_train_batch_size",
     "2",
     "--gradient_checkpointing",
     "false",
@@ -61,7 +60,7 @@ def _snapshot(folder: Path) -> dict:
 def _parse_error(argv, capsys, script="mixtral_perft_r"):
     parser = runpy.run_path(str(RECIPES / f"{script}.py"), run_name="errors")["p"]
     with pytest.raises(SystemExit):
-        recipe.parse(parser, [*argv, "--output_dir", "x"])
+        parser.parse([*argv, "--output_dir", "x"])
     return capsys.readouterr().err
 
 
@@ -165,7 +164,7 @@ def test_tiny_base_of_another_family_is_refused(tmp_path):
     (tmp_path / "tiny_base").mkdir()
     (tmp_path / "tiny_base" / "config.json").write_text(json.dumps({"model_type": "mixtral"}))
     with pytest.raises(ValueError, match="holds a tiny mixtral model, but this run asks for --family olmoe"):
-        recipe.build_tiny_base(Namespace(output_dir=str(tmp_path), family="olmoe"))
+        recipe.build_tiny_base(str(tmp_path), "olmoe")
 
 
 # -- cases 8, 15: numbers ----------------------------------------------------------------------------------------
@@ -175,7 +174,7 @@ def test_tiny_base_of_another_family_is_refused(tmp_path):
     "argv, message",
     [
         (["--batch_size", "-4"], "--batch_size must be > 0, got -4"),
-        (["--micro_batch_size", "0"], "--micro_batch_size must be > 0, got 0"),
+        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be > 0, got 0"),
         (["--learning_rate", "nan"], "--learning_rate must be a finite number"),
         (["--cutoff_len", "0"], "--cutoff_len must be > 0"),
         (["--max_steps", "0"], "--max_steps must be a positive number of steps"),

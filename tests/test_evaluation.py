@@ -1,5 +1,5 @@
 """perft_peft.evaluation: LLM-Adapters answer extraction and scoring, the offline metric module, batched generation,
-the report, recipes/evaluate.py's flags, and a tiny train-then-evaluate run end to end."""
+the report, recipes/evaluate_adapter.py's flags, and a tiny train-then-evaluate run end to end."""
 
 import json
 import os
@@ -183,7 +183,7 @@ def test_benchmarks_follow_llm_adapters():
 
 
 def test_metric_module_loads_by_path_offline(monkeypatch):
-    """Loaded by path with every socket refused (recipes/evaluate.py loads it too, in the end-to-end run with
+    """Loaded by path with every socket refused (recipes/evaluate_adapter.py loads it too, in the end-to-end run with
     HF_HUB_OFFLINE=1 and HF_DATASETS_OFFLINE=1)."""
     import socket
 
@@ -414,7 +414,7 @@ def test_bad_input_fails_before_any_generation(benchmarks, kwargs, error, messag
     ],
 )
 def test_flag_errors(argv, message, capsys):
-    parser = runpy.run_path(str(RECIPES / "evaluate.py"), run_name="flags")["p"]
+    parser = runpy.run_path(str(RECIPES / "evaluate_adapter.py"), run_name="flags")["p"]
     with pytest.raises(SystemExit):
         cli.parse(parser, [*argv, "--output_dir", "out"])
     assert message in capsys.readouterr().err
@@ -452,7 +452,7 @@ def test_tiny_train_then_evaluate(tmp_path):
             "1",
             "--batch_size",
             "2",
-            "--micro_batch_size",
+            "--per_device_train_batch_size",
             "2",
             "--gradient_checkpointing",
             "false",
@@ -460,7 +460,7 @@ def test_tiny_train_then_evaluate(tmp_path):
             adapter,
         ]
     )
-    _run([RECIPES / "evaluate.py", "--adapter", adapter, "--tiny", "--limit", "4", "--output_dir", out])
+    _run([RECIPES / "evaluate_adapter.py", "--adapter", adapter, "--tiny", "--limit", "4", "--output_dir", out])
 
     results = json.loads((out / "eval_results.json").read_text())
     benchmarks = results["benchmarks"]

@@ -76,7 +76,7 @@ def pushed(hub, tmp_path_factory):
             "1",
             "--batch_size",
             "2",
-            "--micro_batch_size",
+            "--per_device_train_batch_size",
             "2",
             "--gradient_checkpointing",
             "false",

@@ -15,19 +15,14 @@ def loracoe():
     return runpy.run_path(str(RECIPE), run_name="help")
 
 
-def training_args(loracoe, argv, tmp_path):
-    args = loracoe["parse"](["--tiny", "--output_dir", str(tmp_path), *argv])
-    return args, recipe.training_arguments(
-        args,
-        loracoe_warmup_epochs=args.loracoe_warmup_epochs,
-        loracoe_warmup_steps=args.loracoe_warmup_steps,
-        loracoe_warmup_learning_rate=args.loracoe_warmup_learning_rate,
-    )
+def parse(loracoe, argv, tmp_path):
+    """(script, method, training) arguments of ``recipes/loracoe.py --tiny <argv>``."""
+    return loracoe["p"].parse(["--tiny", "--output_dir", str(tmp_path), *argv])
 
 
 def test_warmup_steps_flag_replaces_the_configs_epochs(loracoe, tmp_path):
-    args, training = training_args(loracoe, ["--max_steps", "8", "--loracoe_warmup_steps", "4"], tmp_path)
-    assert (args.loracoe_warmup_steps, args.loracoe_warmup_epochs) == (4, None)
+    _, _, training = parse(loracoe, ["--max_steps", "8", "--loracoe_warmup_steps", "4"], tmp_path)
+    assert (training.loracoe_warmup_steps, training.loracoe_warmup_epochs) == (4, None)
     assert training.loracoe_warmup_steps_for(8) == 4
 
 
@@ -35,23 +30,23 @@ def test_warmup_epochs_flag_replaces_a_configs_steps(loracoe, tmp_path):
     config = tmp_path / "steps.yaml"
     text = (RECIPE.parent / "configs" / "loracoe.yaml").read_text()
     config.write_text(text.replace("loracoe_warmup_epochs: 2", "loracoe_warmup_steps: 100"))
-    args, training = training_args(loracoe, ["--config", str(config), "--loracoe_warmup_epochs", "1"], tmp_path)
-    assert (args.loracoe_warmup_steps, args.loracoe_warmup_epochs) == (None, 1)
+    _, _, training = parse(loracoe, ["--config", str(config), "--loracoe_warmup_epochs", "1"], tmp_path)
+    assert (training.loracoe_warmup_steps, training.loracoe_warmup_epochs) == (None, 1)
     assert training.loracoe_warmup_steps_for(40) == 10  # 1 of the config's 4 epochs
 
 
 def test_config_default_and_max_steps(loracoe, tmp_path):
-    args, training = training_args(loracoe, [], tmp_path)
-    assert (args.loracoe_warmup_steps, args.loracoe_warmup_epochs) == (None, 2)
-    args, training = training_args(loracoe, ["--max_steps", "6"], tmp_path)
-    assert (args.loracoe_warmup_steps, args.loracoe_warmup_epochs) == (3, None)
+    _, _, training = parse(loracoe, [], tmp_path)
+    assert (training.loracoe_warmup_steps, training.loracoe_warmup_epochs) == (None, 2)
+    _, _, training = parse(loracoe, ["--max_steps", "6"], tmp_path)
+    assert (training.loracoe_warmup_steps, training.loracoe_warmup_epochs) == (3, None)
 
 
 def test_no_warmup(loracoe, tmp_path):
-    args, training = training_args(loracoe, ["--no_warmup"], tmp_path)
+    _, _, training = parse(loracoe, ["--no_warmup"], tmp_path)
     assert not training.uses_loracoe_warmup and training.loracoe_warmup_learning_rate is None
     with pytest.raises(SystemExit):
-        loracoe["parse"](["--tiny", "--output_dir", str(tmp_path), "--no_warmup", "--loracoe_warmup_steps", "2"])
+        parse(loracoe, ["--no_warmup", "--loracoe_warmup_steps", "2"], tmp_path)
 
 
 CONFIGS = RECIPE.parent / "configs"
@@ -60,17 +55,17 @@ CONFIGS = RECIPE.parent / "configs"
 def test_lora_baseline_config(loracoe, tmp_path):
     from peft import LoraConfig
 
-    args, training = training_args(loracoe, ["--config", str(CONFIGS / "loracoe_lora.yaml")], tmp_path)
-    config = loracoe["peft_config"](args)
+    script, method, training = parse(loracoe, ["--config", str(CONFIGS / "loracoe_lora.yaml")], tmp_path)
+    config = recipe.loracoe_config(method)
     assert isinstance(config, LoraConfig) and (config.r, config.lora_alpha) == (16, 32)
     assert config.target_modules == {"q_proj", "k_proj", "v_proj", "up_proj", "down_proj"}
     assert (training.num_train_epochs, training.learning_rate) == (4, 3e-4) and not training.uses_loracoe_warmup
-    assert loracoe["mixture_parts"](args)[1].format == "orca_math"  # the same data as LoRACoE
+    assert recipe.mixture_parts(script, method)[1].format == "orca_math"  # the same data as LoRACoE
 
 
 def test_loramoe_baseline_config(loracoe, tmp_path):
-    args, training = training_args(loracoe, ["--config", str(CONFIGS / "loracoe_loramoe.yaml")], tmp_path)
-    config = loracoe["peft_config"](args)
+    _, method, training = parse(loracoe, ["--config", str(CONFIGS / "loracoe_loramoe.yaml")], tmp_path)
+    config = recipe.loracoe_config(method)
     assert (config.construction, config.num_experts, config.r, config.lora_alpha) == ("partition", 4, 16, 32)
     assert config.target_modules == ["down_proj", "k_proj", "q_proj", "up_proj", "v_proj"]
     assert (training.num_train_epochs, training.learning_rate) == (4, 3e-4) and not training.uses_loracoe_warmup
@@ -81,14 +76,14 @@ def test_loramoe_baseline_config(loracoe, tmp_path):
     [(["--num_experts", "8"], ("composition", 8, 16)), (["--r", "32", "--lora_alpha", "64"], ("composition", 2, 32))],
 )
 def test_ablation_flags(loracoe, tmp_path, flags, expected):
-    args, _ = training_args(loracoe, flags, tmp_path)
-    config = loracoe["peft_config"](args)
+    _, method, _ = parse(loracoe, flags, tmp_path)
+    config = recipe.loracoe_config(method)
     assert (config.construction, config.num_experts, config.r) == expected
 
 
 def test_lora_refuses_loracoe_only_flags(loracoe, tmp_path):
     with pytest.raises(SystemExit):
-        loracoe["parse"](["--tiny", "--output_dir", str(tmp_path), "--method", "lora", "--save_without_router"])
+        parse(loracoe, ["--method", "lora", "--save_without_router"], tmp_path)
 
 
 @pytest.mark.slow

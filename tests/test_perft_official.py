@@ -2,7 +2,6 @@
 their Mixtral PERFT-R's renormalised top-K gates (``norm_topk_prob``) and their parallel-adapter experts
 (SiLU, scale 1), each against the equations computed independently, and saved / loaded with the adapter."""
 
-import argparse
 import json
 import math
 import os
@@ -165,26 +164,35 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def _recipe_args(script, argv=()):
+    """(script, method, training) arguments of ``recipes/<script>.py --model m --output_dir o <argv>``."""
     parser = runpy.run_path(str(RECIPES / f"{script}.py"), run_name="args")["p"]
-    return recipe.parse(parser, ["--model", "m", "--output_dir", "o", *argv])
+    return parser.parse(["--model", "m", "--output_dir", "o", *argv])
 
 
 @pytest.mark.parametrize("script, lr, norm", [("olmoe_perft", 1e-5, False), ("mixtral_perft_r", 2e-5, True)])
 def test_recipe_configs_are_the_authors_training(script, lr, norm):
-    args = _recipe_args(script)
-    assert (args.learning_rate, args.init_weights, args.norm_topk_prob) == (lr, "perft", norm)
-    assert (args.val_set_size, args.eval_steps, args.save_steps, args.load_best_model_at_end) == (120, 80, 80, True)
-    assert recipe.init_weights(args.init_weights) == "perft"
-    assert recipe.perft_alpha(args) == 2 * args.r  # LoRA experts: the paper's alpha = 2r
-    adapter = _recipe_args(script, ["--expert_type", "adapter"])
-    assert adapter.adapter_act == "silu" and recipe.perft_alpha(adapter) == adapter.r  # scale 1
-    assert recipe.perft_alpha(_recipe_args(script, ["--lora_alpha", "3"])) == 3
+    args, method, training = _recipe_args(script)
+    assert (training.learning_rate, method.init_weights, method.norm_topk_prob) == (lr, "perft", norm)
+    assert (args.val_set_size, training.eval_steps, training.save_steps, training.load_best_model_at_end) == (
+        120,
+        80,
+        80,
+        True,
+    )
+    config = recipe.perft_config(method)
+    assert config.init_weights == "perft" and config.norm_topk_prob == norm
+    assert config.lora_alpha == 2 * method.r  # LoRA experts: the paper's alpha = 2r
+    adapter = recipe.perft_config(_recipe_args(script, ["--expert_type", "adapter"])[1])
+    assert adapter.adapter_act == "silu" and adapter.lora_alpha == adapter.r  # scale 1
+    assert recipe.perft_config(_recipe_args(script, ["--lora_alpha", "3"])[1]).lora_alpha == 3
     if script == "olmoe_perft":
-        assert args.gate_weights == "router"
-    training = recipe.training_arguments(args)
-    assert (training.eval_strategy, training.eval_steps, training.load_best_model_at_end) == ("steps", 80, True)
+        assert config.gate_weights == "router"
+    assert (training.eval_strategy, training.per_device_eval_batch_size) == (
+        "steps",
+        training.per_device_train_batch_size,
+    )
     assert training.metric_for_best_model == "eval_loss"
-    off = recipe.training_arguments(_recipe_args(script, ["--val_set_size", "0"]))
+    off = _recipe_args(script, ["--val_set_size", "0"])[2]
     assert off.eval_strategy == "no" and not off.load_best_model_at_end
 
 
@@ -192,16 +200,15 @@ def test_validation_split():
     from datasets import Dataset
 
     data = Dataset.from_list([{"i": i} for i in range(500)])
-    args = argparse.Namespace(val_set_size=120, seed=42)
-    train, validation = recipe.split_validation(data, args)
+    train, validation = recipe.split_validation(data, 120, seed=42)
     held_out, kept = list(validation["i"]), list(train["i"])
     assert len(held_out) == 120 and len(kept) == 380
     assert sorted(kept + held_out) == list(range(500))
     assert held_out != list(range(380, 500)) and held_out != list(range(120))  # shuffled
-    assert list(recipe.split_validation(data, args)[1]["i"]) == held_out  # the seed fixes it
-    assert recipe.split_validation(data, argparse.Namespace(val_set_size=0, seed=42)) == (data, None)
+    assert list(recipe.split_validation(data, 120, seed=42)[1]["i"]) == held_out  # the seed fixes it
+    assert recipe.split_validation(data, 0, seed=42) == (data, None)
     with pytest.raises(ValueError, match="leaves no training examples"):
-        recipe.split_validation(data, argparse.Namespace(val_set_size=500, seed=42))
+        recipe.split_validation(data, 500, seed=42)
 
 
 @pytest.mark.parametrize(
@@ -234,7 +241,7 @@ def test_tiny_recipe_run_validates_and_keeps_the_best(tmp_path):
             "4",
             "--batch_size",
             "4",
-            "--micro_batch_size",
+            "--per_device_train_batch_size",
             "2",
             "--eval_steps",
             "2",

@@ -12,8 +12,6 @@ import torch
 from peft import AutoPeftModelForCausalLM
 from safetensors.torch import load_file
 
-from perft_peft import recipe
-
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
 FAST = [
@@ -21,7 +19,7 @@ FAST = [
     "2",
     "--batch_size",
     "4",
-    "--micro_batch_size",
+    "--per_device_train_batch_size",
     "2",
     "--gradient_checkpointing",
     "false",
@@ -54,8 +52,21 @@ def _check_adapter_matches_probe(output_dir: Path):
 def test_help(script):
     parser = runpy.run_path(str(RECIPES / f"{script}.py"), run_name="help")["p"]
     text = parser.format_help()
-    for flag in ("--model", "--data", "--output_dir", "--max_steps", "--tiny", "--push_to_hub", "--hub_model_id"):
+    flags = (
+        "--config",
+        "--model",
+        "--data",
+        "--output_dir",
+        "--max_steps",
+        "--tiny",
+        "--push_to_hub",
+        "--weight_decay",
+    )
+    for flag in (*flags, "--hub_model_id", "--r", "--router_aux_loss_coef", "--loracoe_warmup_steps"):
         assert flag in text
+    # script and method arguments first, then TrainingArguments' ~100 fields in their own group
+    groups = ["script arguments:", "(method):", "training arguments ("]
+    assert [text.index(g) for g in groups] == sorted(text.index(g) for g in groups)
 
 
 @pytest.mark.slow
@@ -82,13 +93,15 @@ def test_tiny_run(tmp_path, script, extra, peft_type):
     "argv, message",
     [
         (["--tiny", "--output_dir", "x", "--push_to_hub"], "--push_to_hub needs --hub_model_id"),
-        (["--tiny", "--output_dir", "x", "--batch_size", "5", "--micro_batch_size", "2"], "not a multiple"),
+        (["--tiny", "--output_dir", "x", "--batch_size", "5", "--per_device_train_batch_size", "2"], "not a multiple"),
+        (["--tiny", "--output_dir", "x", "--learning_rat", "1e-4"], "unrecognized arguments: --learning_rat"),
+        (["--tiny"], "give --output_dir"),
     ],
 )
 def test_flag_errors(argv, message, capsys):
     parser = runpy.run_path(str(RECIPES / "mixtral_perft_r.py"), run_name="errors")["p"]
     with pytest.raises(SystemExit):
-        recipe.parse(parser, argv)
+        parser.parse(argv)
     assert message in capsys.readouterr().err
 
 
@@ -96,7 +109,10 @@ def test_flag_errors(argv, message, capsys):
     "yaml_text, argv, message",
     [
         ("learning_rat: 1.0e-4\n", ["--tiny"], "unknown keys: learning_rat"),
-        ("batch_size: 4\nmicro_batch_size: 2\n", [], "give --model"),
+        ("batch_size: 4\nper_device_train_batch_size: 2\n", [], "give --model"),
+        ("r: eight\n", ["--tiny"], "bad.yaml: argument --r: invalid int value: 'eight'"),
+        ("expert_type: lorra\n", ["--tiny"], "bad.yaml: argument --expert_type/--expert-type: invalid choice: 'lorra'"),
+        ("optim: adamw\n", ["--tiny"], "bad.yaml: argument --optim: invalid choice: 'adamw'"),
     ],
 )
 def test_config_file_errors(tmp_path, capsys, yaml_text, argv, message):
@@ -104,7 +120,7 @@ def test_config_file_errors(tmp_path, capsys, yaml_text, argv, message):
     config.write_text(yaml_text)
     parser = runpy.run_path(str(RECIPES / "mixtral_perft_r.py"), run_name="errors")["p"]
     with pytest.raises(SystemExit):
-        recipe.parse(parser, [*argv, "--output_dir", "x", "--config", str(config)])
+        parser.parse([*argv, "--output_dir", "x", "--config", str(config)])
     assert message in capsys.readouterr().err
 
 

@@ -11,6 +11,8 @@ from transformers import TrainingArguments
 
 @dataclass
 class PerftTrainingArguments(TrainingArguments):
+    _argument_group_name = "training arguments (transformers' TrainingArguments, then PERFT's and LoRACoE's)"
+
     router_aux_loss_coef: float = field(
         default=0.01,
         metadata={

@@ -3,7 +3,7 @@
 The pieces: the benchmarks and their decoding defaults (``benchmarks``), answer extraction and scoring copied rule
 for rule from LLM-Adapters (``extraction``), batched left-padded generation (``generation``), the accuracy metric
 shipped as an ``evaluate`` module and loaded by path (``metric``), the table (``report``), the whole run
-(``runner``) and ``recipes/evaluate.py``'s flags and model loading (``cli``).
+(``runner``) and ``recipes/evaluate_adapter.py``'s flags and model loading (``cli``).
 
     from perft_peft.evaluation import evaluate_benchmarks
     report = evaluate_benchmarks(model, tokenizer, {"boolq": "dataset/boolq/test.json", "gsm8k": "dataset/gsm8k"})

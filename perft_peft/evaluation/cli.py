@@ -1,4 +1,5 @@
-"""What ``recipes/evaluate.py`` does: its flags, where the test sets are, loading the adapter, writing the results.
+"""What ``recipes/evaluate_adapter.py`` does: its flags, where the test sets are, loading the adapter, writing the
+results.
 
 Everything that can be wrong with the flags or the data directory is reported before a model is loaded.
 """
