@@ -35,7 +35,7 @@ from transformers import AutoModelForCausalLM
 
 # Importing perft_peft registers PERFT with peft: needed before get_peft_model and PeftModel.from_pretrained.
 from perft_peft import PerftConfig, load_balancing_loss, parameter_accounting
-from perft_peft.testing import TINY_FAMILIES, tiny_config
+from perft_peft.testing import TINY_FAMILIES, tiny_moe
 from perft_peft.testing import pretrain as pretrain_tiny
 
 # -- 1. the synthetic world ----------------------------------------------------------------------------------------
@@ -127,22 +127,7 @@ MODEL_SIZE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3)  #
 
 def build_model(family: str, seed: int):
     """A randomly initialised tiny MoE causal LM of `family`, a little larger than the unit-test models."""
-    overrides = dict(
-        MODEL_SIZE,
-        vocab_size=len(VOCAB),
-        max_position_embeddings=64,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-    )
-    family_defaults = TINY_FAMILIES[family]
-    if "moe_intermediate_size" in family_defaults:
-        overrides["moe_intermediate_size"] = MODEL_SIZE["intermediate_size"] // 2
-    if "layer_types" in family_defaults:  # families that list a type per layer need one per layer
-        layers = MODEL_SIZE["num_hidden_layers"]
-        overrides["layer_types"] = (family_defaults["layer_types"] * layers)[:layers]
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(family, **overrides), dtype=torch.float32)
+    return tiny_moe(family, seed, **MODEL_SIZE, vocab_size=len(VOCAB), max_position_embeddings=64)
 
 
 def warmup_cosine(optimizer, steps: int, warmup_fraction: float = 0.1):

@@ -116,18 +116,32 @@ TINY_FAMILIES: dict[str, dict] = {
 }
 
 
+# Dense families: LoRACoE adapts any linear layer, so its tests and the speed benchmark also need a dense model.
+TINY_DENSE_FAMILIES: dict[str, dict] = {"llama": {}}
+
+
 def tiny_config(family: str, **overrides):
-    """A transformers config of ``family`` small enough for CPU unit tests."""
-    if family not in TINY_FAMILIES:
-        raise ValueError(f"Unknown family {family!r}; known: {', '.join(TINY_FAMILIES)}.")
-    kwargs = {**_COMMON, **TINY_FAMILIES[family], **overrides}
+    """A transformers config of ``family`` (``TINY_FAMILIES`` or ``TINY_DENSE_FAMILIES``) small enough for CPU unit
+    tests; ``overrides`` resize it. Settings that follow others are kept consistent unless overridden too: the
+    experts' ``moe_intermediate_size`` is half ``intermediate_size``, ``layer_types`` has one entry per layer."""
+    defaults = {**TINY_FAMILIES, **TINY_DENSE_FAMILIES}.get(family)
+    if defaults is None:
+        raise ValueError(f"Unknown family {family!r}; known: {', '.join([*TINY_FAMILIES, *TINY_DENSE_FAMILIES])}.")
+    kwargs = {**_COMMON, **defaults, **overrides}
+    resized = "intermediate_size" in overrides and "moe_intermediate_size" not in overrides
+    if "moe_intermediate_size" in defaults and resized:
+        kwargs["moe_intermediate_size"] = overrides["intermediate_size"] // 2
+    if "layer_types" in defaults and "layer_types" not in overrides:
+        layers = kwargs["num_hidden_layers"]
+        kwargs["layer_types"] = (defaults["layer_types"] * layers)[:layers]
     return AutoConfig.for_model(family, **kwargs)
 
 
-def tiny_moe(family: str = "mixtral", seed: int = 0, **overrides):
-    """A randomly initialised tiny causal LM of ``family`` in float32 eval mode."""
+def tiny_moe(family: str = "mixtral", seed: int = 0, dtype=torch.float32, **overrides):
+    """A randomly initialised tiny causal LM of ``family`` (``tiny_config(family, **overrides)``) in eval mode: the
+    one builder of the tests', the demo's and the benchmarks' models, whatever their size."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(family, **overrides), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, **overrides), dtype=dtype)
     if family == "deepseek_v3":
         # Random (not zero) correction bias so grouped routing is exercised for real.
         for module in model.modules():
