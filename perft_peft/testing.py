@@ -151,17 +151,12 @@ def tiny_moe(family: str = "mixtral", seed: int = 0, dtype=torch.float32, **over
 
 
 def tiny_tokenizer(vocab_size: int = 128):
-    """A word-level tokenizer over the words ``t0 … t{vocab_size-1}`` (ids 0-2 are <pad>, <s>, </s>), built in
-    code so tests and demos need no download."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """A word-level tokenizer over the words ``t3 … t{vocab_size-1}`` (``t{i}`` has id i; ids 0-2 are <pad>, <s>,
+    </s>; no BOS added): any token id of a ``tiny_moe`` model decodes to a word."""
+    from .data import tiny_word_tokenizer
 
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, vocab_size)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<pad>"
-    )
+    words = [f"t{i}" for i in range(3, vocab_size)]
+    return tiny_word_tokenizer(vocabulary=["<pad>", "<s>", "</s>", *words], add_bos=False)
 
 
 def pretrain(model, batches, optimizer, schedule, desc: str, progress: bool = True) -> float:
