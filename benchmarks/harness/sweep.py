@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from perft_peft.accounting import parameter_accounting
 from perft_peft.data import generate_eval_prompt, generate_prompt, make_collator, tokenize_dataset, tokenize_example
-from perft_peft.evaluation import ARITHMETIC, COMMONSENSE, generate_responses, is_correct
+from perft_peft.evaluation import ARITHMETIC, COMMONSENSE, generate_responses, score_benchmark
 from perft_peft.testing import pretrain
 
 from . import synthetic
@@ -362,28 +362,24 @@ def score(
     max_new_tokens: dict[str, int] | None,
     cutoff_len: int,
 ) -> dict[str, dict[str, float]]:
-    """Per task: accuracy (%; generate, extract the answer as the task's benchmark does, compare) and the answer
-    loss (``answer_loss``)."""
+    """Per task: accuracy (%; the evaluation module's ``score_benchmark`` with the task's benchmark: generate,
+    extract the answer as that benchmark does, compare) and the answer loss (``answer_loss``)."""
     scores = {}
     for task, records in tests.items():
         benchmark = task.benchmark
-        tokens = (max_new_tokens or {}).get(task.domain, benchmark.max_new_tokens)
-        responses = generate_responses(
+        result = score_benchmark(
             model,
             tokenizer,
-            [r["instruction"] for r in records],
+            benchmark,
+            records,
             num_beams=1 if greedy else benchmark.num_beams,
-            max_new_tokens=tokens,
+            max_new_tokens=(max_new_tokens or {}).get(task.domain, benchmark.max_new_tokens),
             batch_size=batch_size,
             progress=False,
             desc=task.label,
         )
-        correct = [
-            is_correct(benchmark.extract(text), r["answer"], numeric=benchmark.numeric)
-            for text, r in zip(responses, records)
-        ]
         scores[task.name] = {
-            "accuracy": 100.0 * sum(correct) / len(correct),
+            "accuracy": result.accuracy,
             "loss": answer_loss(model, tokenizer, records, cutoff_len, batch_size),
         }
     return scores
