@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from perft_peft import plotting
 from perft_peft.accounting import parameter_accounting
 from perft_peft.data import generate_eval_prompt, generate_prompt, make_collator, tokenize_dataset, tokenize_example
 from perft_peft.evaluation import ARITHMETIC, COMMONSENSE, generate_responses, score_benchmark
@@ -665,17 +666,12 @@ _ANSWER_HEADER = [
 def plot(records: list[dict], tasks, path: Path, title: str) -> None:
     """Figure 4's shape: average score (mean over seeds, 95% interval as error bar) against % Act. (log scale);
     colour = method family, marker size = r, hollow = scored differently from how it was trained (router off)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .stats import t_interval
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plotting.figure(size=(8, 5), layout="tight")
     selections = list(select(records).values())
     groups = list(dict.fromkeys(sel.record["group"] for sel in selections if sel.record["r"] is not None))
-    colours = dict(zip(groups, plt.get_cmap("tab10").colors))
+    colours = dict(zip(groups, plotting.colormap("tab10").colors))
     for sel in selections:
         interval = t_interval(list(sel.per_seed("accuracy").values()))
         record = sel.record
@@ -719,6 +715,4 @@ def plot(records: list[dict], tasks, path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend(fontsize=8, loc="best", title="marker size = r", title_fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plotting.save(fig, path)
