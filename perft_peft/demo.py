@@ -34,10 +34,9 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
 # Importing perft_peft registers PERFT with peft: needed before get_peft_model and PeftModel.from_pretrained.
-from perft_peft import PerftConfig, load_balancing_loss, parameter_accounting
+from perft_peft import PerftConfig, load_balancing_loss, parameter_accounting, pretraining
 from perft_peft.data import tiny_word_tokenizer
 from perft_peft.testing import TINY_FAMILIES, tiny_moe
-from perft_peft.testing import pretrain as pretrain_tiny
 
 # -- 1. the synthetic world ----------------------------------------------------------------------------------------
 
@@ -139,7 +138,7 @@ def pretrain(model, steps: int, seed: int, lr: float = 3e-3, batch_size: int = 3
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     batches = [pretraining_batch(rng, batch_size, block_size) for _ in range(steps)]
-    pretrain_tiny(model, batches, optimizer, warmup_cosine(optimizer, steps), desc="pre-train the base model")
+    pretraining.pretrain(model, batches, optimizer, warmup_cosine(optimizer, steps), desc="pre-train the base model")
     return model
 
 

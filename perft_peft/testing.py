@@ -157,22 +157,3 @@ def tiny_tokenizer(vocab_size: int = 128):
 
     words = [f"t{i}" for i in range(3, vocab_size)]
     return tiny_word_tokenizer(vocabulary=["<pad>", "<s>", "</s>", *words], add_bos=False)
-
-
-def pretrain(model, batches, optimizer, schedule, desc: str, progress: bool = True) -> float:
-    """Train every weight of a tiny base on ``batches`` (a sized iterable of token-id tensors): next-token loss
-    plus the model's own router balancing loss, gradients clipped at 1. Returns the last loss; the model is left
-    in eval mode. The demo and the paper sweep pre-train their bases with it."""
-    from tqdm.auto import tqdm
-
-    model.train()
-    for ids in (bar := tqdm(batches, desc=desc, disable=not progress)):
-        loss = model(input_ids=ids, labels=ids, output_router_logits=True).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    model.eval()
-    return loss.item()

@@ -36,7 +36,7 @@ from perft_peft import plotting
 from perft_peft.accounting import parameter_accounting
 from perft_peft.data import generate_eval_prompt, generate_prompt, make_collator, tokenize_dataset, tokenize_example
 from perft_peft.evaluation import ARITHMETIC, COMMONSENSE, generate_responses, score_benchmark
-from perft_peft.testing import pretrain
+from perft_peft.pretraining import pretrain
 
 from . import synthetic
 from .methods import Method
