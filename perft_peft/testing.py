@@ -1,4 +1,5 @@
-"""Tiny MoE models built from transformers configs (no download), shared by tests, the demo and benchmarks."""
+"""Tiny models built from transformers configs (no download), at any size: the one builder of the tests', the demo's
+and the benchmarks' models, and ``tiny_tokenizer`` for their token ids."""
 
 from __future__ import annotations
 
@@ -138,8 +139,7 @@ def tiny_config(family: str, **overrides):
 
 
 def tiny_moe(family: str = "mixtral", seed: int = 0, dtype=torch.float32, **overrides):
-    """A randomly initialised tiny causal LM of ``family`` (``tiny_config(family, **overrides)``) in eval mode: the
-    one builder of the tests', the demo's and the benchmarks' models, whatever their size."""
+    """A randomly initialised causal LM of ``tiny_config(family, **overrides)`` in ``dtype`` and eval mode."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(family, **overrides), dtype=dtype)
     if family == "deepseek_v3":
