@@ -34,26 +34,21 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
 # Importing perft_peft registers PERFT with peft: needed before get_peft_model and PeftModel.from_pretrained.
-from perft_peft import PerftConfig, load_balancing_loss, parameter_accounting
-from perft_peft.testing import TINY_FAMILIES, tiny_config
-from perft_peft.testing import pretrain as pretrain_tiny
+from perft_peft import PerftConfig, load_balancing_loss, parameter_accounting, pretraining
+from perft_peft.data import tiny_word_tokenizer
+from perft_peft.testing import TINY_FAMILIES, tiny_moe
 
 # -- 1. the synthetic world ----------------------------------------------------------------------------------------
 
 MAX_NUMBER = 29  # the numbers 0..29 are single tokens
-SPECIALS = ["<pad>", "<bos>", "<eos>"]
 WORDS = ["Q:", "A:", "what", "is", "after", "plus", "?", "count", "<next>"]  # <next> only in the held-out task
-VOCAB = SPECIALS + WORDS + [str(n) for n in range(MAX_NUMBER + 1)]
-STOI = {token: i for i, token in enumerate(VOCAB)}
-PAD, BOS, EOS = STOI["<pad>"], STOI["<bos>"], STOI["<eos>"]
+VOCAB = ["<pad>", "<s>", "</s>", *WORDS, *(str(n) for n in range(MAX_NUMBER + 1))]
+TOKENIZER = tiny_word_tokenizer(vocabulary=VOCAB)
+PAD, BOS, EOS = TOKENIZER.pad_token_id, TOKENIZER.bos_token_id, TOKENIZER.eos_token_id
 
 
 def encode(text: str) -> list[int]:
-    return [STOI[word] for word in text.split()]
-
-
-def decode(ids) -> str:
-    return " ".join(VOCAB[i] for i in ids)
+    return TOKENIZER.encode(text, add_special_tokens=False)
 
 
 # Every (a, b) whose a + b + 1 is still a number of the vocabulary: 435 pairs.
@@ -127,22 +122,7 @@ MODEL_SIZE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3)  #
 
 def build_model(family: str, seed: int):
     """A randomly initialised tiny MoE causal LM of `family`, a little larger than the unit-test models."""
-    overrides = dict(
-        MODEL_SIZE,
-        vocab_size=len(VOCAB),
-        max_position_embeddings=64,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-    )
-    family_defaults = TINY_FAMILIES[family]
-    if "moe_intermediate_size" in family_defaults:
-        overrides["moe_intermediate_size"] = MODEL_SIZE["intermediate_size"] // 2
-    if "layer_types" in family_defaults:  # families that list a type per layer need one per layer
-        layers = MODEL_SIZE["num_hidden_layers"]
-        overrides["layer_types"] = (family_defaults["layer_types"] * layers)[:layers]
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(family, **overrides), dtype=torch.float32)
+    return tiny_moe(family, seed, **MODEL_SIZE, vocab_size=len(TOKENIZER), max_position_embeddings=64)
 
 
 def warmup_cosine(optimizer, steps: int, warmup_fraction: float = 0.1):
@@ -158,7 +138,7 @@ def pretrain(model, steps: int, seed: int, lr: float = 3e-3, batch_size: int = 3
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     batches = [pretraining_batch(rng, batch_size, block_size) for _ in range(steps)]
-    pretrain_tiny(model, batches, optimizer, warmup_cosine(optimizer, steps), desc="pre-train the base model")
+    pretraining.pretrain(model, batches, optimizer, warmup_cosine(optimizer, steps), desc="pre-train the base model")
     return model
 
 
@@ -218,7 +198,7 @@ def answers(model, pairs, form=held_out_task) -> list[str]:
         pad_token_id=PAD,
         eos_token_id=EOS,
     )
-    return [decode(t for t in row[prompts.shape[1] :].tolist() if t not in (EOS, PAD)) for row in out]
+    return TOKENIZER.batch_decode(out[:, prompts.shape[1] :], skip_special_tokens=True)
 
 
 # -- 4. putting it together ----------------------------------------------------------------------------------------
@@ -253,7 +233,7 @@ def run(args) -> dict:
     layers = MODEL_SIZE["num_hidden_layers"]
     print(
         f"1. Base model: a tiny {type(base).__name__} ({layers} MoE layers, hidden size {MODEL_SIZE['hidden_size']}, "
-        f"8 experts, top-2), {len(VOCAB)}-word vocabulary, {sum(p.numel() for p in base.parameters()):,} parameters"
+        f"8 experts, top-2), {len(TOKENIZER)}-word vocabulary, {sum(p.numel() for p in base.parameters()):,} parameters"
     )
     print(f"2. Pre-training all its weights on counting, successors and addition ({args.pretrain_steps} steps)")
     base = pretrain(base, args.pretrain_steps, args.seed)
@@ -269,8 +249,8 @@ def run(args) -> dict:
     train, test = task_tensors(train_pairs), task_tensors(test_pairs)
     prompt, answer = held_out_task(*test_pairs[0])
     print(
-        f"3. Held-out task, e.g. '{decode(prompt[1:])} {decode(answer[:-1])}': {len(train_pairs)} pairs (a, b) to "
-        f"fine-tune on, {len(test_pairs)} others to test on"
+        f"3. Held-out task, e.g. '{TOKENIZER.decode(prompt + answer, skip_special_tokens=True)}': {len(train_pairs)} "
+        f"pairs (a, b) to fine-tune on, {len(test_pairs)} others to test on"
     )
     base_result = evaluate(base, test)
     torch.manual_seed(args.seed)
@@ -302,7 +282,7 @@ def run(args) -> dict:
         print(f"   {name:<38}{result['loss']:>7.3f}{result['accuracy']:>10.1%}")
     print(f"\n   {'question':<38}{'answer':<8}{'before':<8}after")
     for (a, b), old, new in zip(shown, before_answers, after_answers):
-        print(f"   {decode(held_out_task(a, b)[0][1:]):<38}{a + b + 1:<8}{old:<8}{new}")
+        print(f"   {TOKENIZER.decode(held_out_task(a, b)[0], skip_special_tokens=True):<38}{a + b + 1:<8}{old:<8}{new}")
     print(f"\n   Before fine-tuning, PERFT (B = 0) computes exactly the base model: {before == base_result}")
     print(f"   The reloaded adapter evaluates exactly like the one in memory: {reloaded == after}")
     print(

@@ -1,4 +1,5 @@
-"""Tiny MoE models built from transformers configs (no download), shared by tests, the demo and benchmarks."""
+"""Tiny models built from transformers configs (no download), at any size: the one builder of the tests', the demo's
+and the benchmarks' models, and ``tiny_tokenizer`` for their token ids."""
 
 from __future__ import annotations
 
@@ -116,18 +117,31 @@ TINY_FAMILIES: dict[str, dict] = {
 }
 
 
+# Dense families: LoRACoE adapts any linear layer, so its tests and the speed benchmark also need a dense model.
+TINY_DENSE_FAMILIES: dict[str, dict] = {"llama": {}}
+
+
 def tiny_config(family: str, **overrides):
-    """A transformers config of ``family`` small enough for CPU unit tests."""
-    if family not in TINY_FAMILIES:
-        raise ValueError(f"Unknown family {family!r}; known: {', '.join(TINY_FAMILIES)}.")
-    kwargs = {**_COMMON, **TINY_FAMILIES[family], **overrides}
+    """A transformers config of ``family`` (``TINY_FAMILIES`` or ``TINY_DENSE_FAMILIES``) small enough for CPU unit
+    tests; ``overrides`` resize it. Settings that follow others are kept consistent unless overridden too: the
+    experts' ``moe_intermediate_size`` is half ``intermediate_size``, ``layer_types`` has one entry per layer."""
+    defaults = {**TINY_FAMILIES, **TINY_DENSE_FAMILIES}.get(family)
+    if defaults is None:
+        raise ValueError(f"Unknown family {family!r}; known: {', '.join([*TINY_FAMILIES, *TINY_DENSE_FAMILIES])}.")
+    kwargs = {**_COMMON, **defaults, **overrides}
+    resized = "intermediate_size" in overrides and "moe_intermediate_size" not in overrides
+    if "moe_intermediate_size" in defaults and resized:
+        kwargs["moe_intermediate_size"] = overrides["intermediate_size"] // 2
+    if "layer_types" in defaults and "layer_types" not in overrides:
+        layers = kwargs["num_hidden_layers"]
+        kwargs["layer_types"] = (defaults["layer_types"] * layers)[:layers]
     return AutoConfig.for_model(family, **kwargs)
 
 
-def tiny_moe(family: str = "mixtral", seed: int = 0, **overrides):
-    """A randomly initialised tiny causal LM of ``family`` in float32 eval mode."""
+def tiny_moe(family: str = "mixtral", seed: int = 0, dtype=torch.float32, **overrides):
+    """A randomly initialised causal LM of ``tiny_config(family, **overrides)`` in ``dtype`` and eval mode."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(family, **overrides), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, **overrides), dtype=dtype)
     if family == "deepseek_v3":
         # Random (not zero) correction bias so grouped routing is exercised for real.
         for module in model.modules():
@@ -137,33 +151,9 @@ def tiny_moe(family: str = "mixtral", seed: int = 0, **overrides):
 
 
 def tiny_tokenizer(vocab_size: int = 128):
-    """A word-level tokenizer over the words ``t0 … t{vocab_size-1}`` (ids 0-2 are <pad>, <s>, </s>), built in
-    code so tests and demos need no download."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """A word-level tokenizer over the words ``t3 … t{vocab_size-1}`` (``t{i}`` has id i; ids 0-2 are <pad>, <s>,
+    </s>; no BOS added): any token id of a ``tiny_moe`` model decodes to a word."""
+    from .data import tiny_word_tokenizer
 
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, vocab_size)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<pad>"
-    )
-
-
-def pretrain(model, batches, optimizer, schedule, desc: str, progress: bool = True) -> float:
-    """Train every weight of a tiny base on ``batches`` (a sized iterable of token-id tensors): next-token loss
-    plus the model's own router balancing loss, gradients clipped at 1. Returns the last loss; the model is left
-    in eval mode. The demo and the paper sweep pre-train their bases with it."""
-    from tqdm.auto import tqdm
-
-    model.train()
-    for ids in (bar := tqdm(batches, desc=desc, disable=not progress)):
-        loss = model(input_ids=ids, labels=ids, output_router_logits=True).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    model.eval()
-    return loss.item()
+    words = [f"t{i}" for i in range(3, vocab_size)]
+    return tiny_word_tokenizer(vocabulary=["<pad>", "<s>", "</s>", *words], add_bos=False)

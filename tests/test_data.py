@@ -173,6 +173,23 @@ def test_collator_needs_a_pad_token():
     make_collator(tok)
 
 
+def test_tiny_word_tokenizer_over_a_given_vocabulary():
+    """The demo's and tiny_tokenizer's case: the ids are the vocabulary's order, an unknown word is an error
+    (there is no <unk> to hide it), and a vocabulary without the special tokens first is refused."""
+    tok = tiny_word_tokenizer(vocabulary=["<pad>", "<s>", "</s>", "b", "a", "?"])
+    assert tok("b a ?")["input_ids"] == [1, 3, 4, 5]
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token) == (0, 1, 2, None)
+    assert tok.decode([3, 4, 5, 2], skip_special_tokens=True) == "b a ?"
+    with pytest.raises(Exception, match="UNK"):
+        tok("b c")
+    with pytest.raises(ValueError, match="starts with <pad> <s> </s>"):
+        tiny_word_tokenizer(vocabulary=["a", "<pad>", "<s>", "</s>"])
+    with pytest.raises(ValueError, match="repeats no token"):
+        tiny_word_tokenizer(vocabulary=["<pad>", "<s>", "</s>", "a", "a"])
+    with pytest.raises(ValueError, match="not both"):
+        tiny_word_tokenizer(["a"], vocabulary=["<pad>", "<s>", "</s>", "a"])
+
+
 # --- loading -----------------------------------------------------------------------------------------------------
 
 

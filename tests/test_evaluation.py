@@ -28,6 +28,7 @@ from perft_peft.evaluation import (
     is_correct,
     last_number,
     load_accuracy_metric,
+    score_benchmark,
 )
 from perft_peft.testing import tiny_moe
 
@@ -374,6 +375,37 @@ def test_evaluate_benchmarks_scores_what_it_extracted(tiny):
                 example["prediction"], example["answer"], numeric=BENCHMARKS[name].numeric
             )
     assert report.settings == {"batch_size": 2, "limit": 3, "greedy": True, "protocol": "llm-adapters"}
+
+
+def test_score_benchmark_is_the_loop_of_evaluate_benchmarks_on_records_in_memory(tiny):
+    """The paper sweep scores its synthetic tasks with score_benchmark: the same result as evaluate_benchmarks
+    for the same records and decoding, whatever the protocol."""
+    model, tokenizer = tiny
+    records = json.loads(fixture_path("piqa").read_text())[:3]
+    for protocol in ("llm-adapters", "perft"):
+        report = evaluate_benchmarks(
+            model,
+            tokenizer,
+            {"piqa": records},
+            batch_size=2,
+            greedy=True,
+            max_new_tokens=3,
+            progress=False,
+            protocol=protocol,
+        )
+        result = score_benchmark(
+            model,
+            tokenizer,
+            get_benchmark("piqa"),
+            records,
+            num_beams=1,
+            max_new_tokens=3,
+            batch_size=2,
+            progress=False,
+            protocol=protocol,
+        )
+        assert result == report.results["piqa"] and len(result.examples) == 3
+        assert result.correct == sum(e["correct"] for e in result.examples)
 
 
 RECORD = {"instruction": "q", "input": "", "output": "the correct answer is answer1", "answer": "answer1"}

@@ -16,7 +16,6 @@ from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import AutoConfig, AutoModelForCausalLM
 
 from perft_peft import LoraCoeConfig, rank_importance, set_loracoe_phase
 from perft_peft.analysis import plot_rank_importance
@@ -29,21 +28,7 @@ MODES = [("composition", "rank"), ("composition", "none"), ("partition", "rank")
 
 def tiny_llama(seed=0):
     """A dense model whose Linear shapes all differ (q 32->32, k/v 32->16, up 32->48, down 48->32)."""
-    torch.manual_seed(seed)
-    config = AutoConfig.for_model(
-        "llama",
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        max_position_embeddings=64,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    return tiny_moe("llama", seed, intermediate_size=48, max_position_embeddings=64)
 
 
 def coe_config(construction="composition", composition_scale="rank", **kwargs):

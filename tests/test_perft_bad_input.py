@@ -3,9 +3,9 @@ unmatched targets run for every variant in test_contract.py's matrix."""
 
 import pytest
 from peft import PeftModel, get_peft_model
-from transformers import AutoConfig, AutoModelForCausalLM
 
 from perft_peft import PerftConfig, PerftLayer
+from perft_peft.testing import tiny_moe
 
 from .conftest import base_model
 
@@ -21,16 +21,7 @@ def _untouched(model):
 
 
 def test_model_without_moe_experts():
-    config = AutoConfig.for_model(
-        "llama",
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-    )
-    model = AutoModelForCausalLM.from_config(config)
+    model = tiny_moe("llama")
     with pytest.raises(
         ValueError, match="No MoE experts module found in LlamaForCausalLM. PERFT searched for an MoE experts module"
     ):

@@ -9,6 +9,7 @@ import os
 import torch
 from torch import nn
 
+from perft_peft import plotting
 from perft_peft.loracoe.layer import LoraCoeLayer
 from perft_peft.perft.layer import PerftLayer
 
@@ -149,19 +150,12 @@ class RoutingStats:
 
 
 def _heatmap(rows: list[tuple[str, list[float]]], xlabel: str, title: str, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     data = torch.tensor([values for _, values in rows])
-    fig, ax = plt.subplots(figsize=(2 + 0.35 * data.shape[1], 1.2 + 0.3 * len(rows)))
+    fig, ax = plotting.figure(size=(2 + 0.35 * data.shape[1], 1.2 + 0.3 * len(rows)), layout="tight")
     image = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0)
     ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=7)
     ax.set_xticks(range(data.shape[1]))
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plotting.save(fig, path, dpi=100)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from perft_peft.accounting import parameter_accounting
 from perft_peft.perft.losses import load_balancing_loss
+from perft_peft.testing import tiny_moe
 
 from .measure import count_flops, interleaved_times, paired_ratio, peak_memory
 from .methods import Method, parse_method
@@ -56,16 +57,17 @@ class ModelShape:
         return self.batch_size * self.seq_len
 
 
+# The shapes below are tiny_moe's models at other sizes, in training mode (the benchmarks time training steps).
+
+
 def mixtral_shaped(shape: ModelShape, num_hidden_layers: int | None = None, dtype=torch.float32, seed: int = 0):
     """A randomly initialised Mixtral-shaped causal LM: Mixtral's ratios (FFN 3.5x hidden, 4 query heads per KV
     head, head dim 64) at ``shape``'s size."""
-    from transformers import AutoModelForCausalLM
-
-    from perft_peft.testing import tiny_config
-
     heads = max(1, shape.hidden_size // 64)
-    config = tiny_config(
+    return tiny_moe(
         "mixtral",
+        seed,
+        dtype,
         hidden_size=shape.hidden_size,
         intermediate_size=shape.hidden_size * 7 // 2,
         num_hidden_layers=num_hidden_layers or shape.num_hidden_layers,
@@ -75,18 +77,16 @@ def mixtral_shaped(shape: ModelShape, num_hidden_layers: int | None = None, dtyp
         num_experts_per_tok=shape.top_k,
         vocab_size=shape.vocab_size,
         max_position_embeddings=max(shape.seq_len, 128),
-    )
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    ).train()
 
 
 def llama_shaped(shape: ModelShape, dtype=torch.float32, seed: int = 0):
     """A randomly initialised dense Llama-shaped causal LM (FFN 11008/4096 x hidden, head dim 64, no GQA)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     heads = max(1, shape.hidden_size // 64)
-    config = AutoConfig.for_model(
+    return tiny_moe(
         "llama",
+        seed,
+        dtype,
         hidden_size=shape.hidden_size,
         intermediate_size=shape.hidden_size * 11008 // 4096,
         num_hidden_layers=shape.num_hidden_layers,
@@ -94,12 +94,7 @@ def llama_shaped(shape: ModelShape, dtype=torch.float32, seed: int = 0):
         num_key_value_heads=heads,
         vocab_size=shape.vocab_size,
         max_position_embeddings=max(shape.seq_len, 128),
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    ).train()
 
 
 def olmoe_layer_model(
@@ -111,12 +106,10 @@ def olmoe_layer_model(
     seed: int = 0,
 ):
     """A one-layer OLMoE-shaped model; the benchmark uses its MoE block."""
-    from transformers import AutoModelForCausalLM
-
-    from perft_peft.testing import tiny_config
-
-    config = tiny_config(
+    return tiny_moe(
         "olmoe",
+        seed,
+        dtype,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         num_hidden_layers=1,
@@ -125,9 +118,7 @@ def olmoe_layer_model(
         num_experts=num_experts,
         num_experts_per_tok=top_k,
         vocab_size=256,
-    )
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    ).train()
 
 
 def shared_copy(model):

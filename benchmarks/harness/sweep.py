@@ -32,10 +32,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from perft_peft import plotting
 from perft_peft.accounting import parameter_accounting
 from perft_peft.data import generate_eval_prompt, generate_prompt, make_collator, tokenize_dataset, tokenize_example
-from perft_peft.evaluation import ARITHMETIC, COMMONSENSE, generate_responses, is_correct
-from perft_peft.testing import pretrain
+from perft_peft.evaluation import ARITHMETIC, COMMONSENSE, generate_responses, score_benchmark
+from perft_peft.pretraining import pretrain
 
 from . import synthetic
 from .methods import Method
@@ -362,28 +363,24 @@ def score(
     max_new_tokens: dict[str, int] | None,
     cutoff_len: int,
 ) -> dict[str, dict[str, float]]:
-    """Per task: accuracy (%; generate, extract the answer as the task's benchmark does, compare) and the answer
-    loss (``answer_loss``)."""
+    """Per task: accuracy (%; the evaluation module's ``score_benchmark`` with the task's benchmark: generate,
+    extract the answer as that benchmark does, compare) and the answer loss (``answer_loss``)."""
     scores = {}
     for task, records in tests.items():
         benchmark = task.benchmark
-        tokens = (max_new_tokens or {}).get(task.domain, benchmark.max_new_tokens)
-        responses = generate_responses(
+        result = score_benchmark(
             model,
             tokenizer,
-            [r["instruction"] for r in records],
+            benchmark,
+            records,
             num_beams=1 if greedy else benchmark.num_beams,
-            max_new_tokens=tokens,
+            max_new_tokens=(max_new_tokens or {}).get(task.domain, benchmark.max_new_tokens),
             batch_size=batch_size,
             progress=False,
             desc=task.label,
         )
-        correct = [
-            is_correct(benchmark.extract(text), r["answer"], numeric=benchmark.numeric)
-            for text, r in zip(responses, records)
-        ]
         scores[task.name] = {
-            "accuracy": 100.0 * sum(correct) / len(correct),
+            "accuracy": result.accuracy,
             "loss": answer_loss(model, tokenizer, records, cutoff_len, batch_size),
         }
     return scores
@@ -669,17 +666,12 @@ _ANSWER_HEADER = [
 def plot(records: list[dict], tasks, path: Path, title: str) -> None:
     """Figure 4's shape: average score (mean over seeds, 95% interval as error bar) against % Act. (log scale);
     colour = method family, marker size = r, hollow = scored differently from how it was trained (router off)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .stats import t_interval
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plotting.figure(size=(8, 5), layout="tight")
     selections = list(select(records).values())
     groups = list(dict.fromkeys(sel.record["group"] for sel in selections if sel.record["r"] is not None))
-    colours = dict(zip(groups, plt.get_cmap("tab10").colors))
+    colours = dict(zip(groups, plotting.colormap("tab10").colors))
     for sel in selections:
         interval = t_interval(list(sel.per_seed("accuracy").values()))
         record = sel.record
@@ -723,6 +715,4 @@ def plot(records: list[dict], tasks, path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend(fontsize=8, loc="best", title="marker size = r", title_fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plotting.save(fig, path)

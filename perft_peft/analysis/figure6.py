@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import moe
+from .. import moe, plotting
 
 KEY, ROUTER = 0, 1  # vector kinds: key memory vectors (dots) and expert vectors of a router (stars)
 EXPLAINED_VARIANCE = 0.5
@@ -232,14 +232,11 @@ def plot_figure6(
     panels: Sequence[Panel], path: str | os.PathLike, *, use_umap: bool | None = None, suptitle: str | None = None
 ):
     """Draw the panels side by side (shared axes) into ``path``; returns (figure, projection, coordinates)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     projection, coordinates = project_panels(panels, use_umap)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.2), sharex=True, sharey=True, squeeze=False)
-    cmap = plt.get_cmap("hsv")
+    fig, axes = plotting.figure(
+        1, len(panels), size=(4 * len(panels), 4.2), layout="tight", sharex=True, sharey=True, squeeze=False
+    )
+    cmap = plotting.colormap("hsv")
     for ax, panel, xy in zip(axes[0], panels, coordinates):
         n = int(panel.expert.max()) + 1
         colours = cmap((panel.expert.numpy() % n) / max(n, 1))
@@ -269,9 +266,7 @@ def plot_figure6(
     method = "PCA + UMAP" if projection.umap is not None else "PCA (PC1, PC2)"
     axes[0][0].legend(loc="best", fontsize=7)
     fig.suptitle(suptitle or f"Key memory and expert vectors, {method} fitted on the FFN experts' key vectors")
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    plotting.save(fig, path, dpi=150)
     return fig, projection, coordinates
 
 

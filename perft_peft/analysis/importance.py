@@ -17,6 +17,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import plotting
+
 # LoRA-like layers keep A [r, d_in] and B [d_out, r] under these names (peft LoRA as Linear modules, LoRACoE and
 # LoRAMoE-partition as Parameters).
 FACTOR_PREFIXES = ("loracoe_", "lora_")
@@ -130,9 +132,6 @@ def plot_rank_importance(
     ``sort``: each module's ranks in descending order (as in Figure 4), so the number of important ranks reads off
     the row. ``normalise``: each row as shares of the module's total, so modules of different scale compare.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     per_rank = result.per_rank
     names = list(per_rank)
     width = max(scores.numel() for scores in per_rank.values())
@@ -144,14 +143,10 @@ def plot_rank_importance(
         if sort:
             scores = scores.sort(descending=True).values
         matrix[row, : scores.numel()] = scores
-    figure = Figure(figsize=(min(4 + 0.25 * width, 16), min(2 + 0.2 * len(names), 40)))
-    FigureCanvasAgg(figure)
-    axes = figure.subplots()
+    figure, axes = plotting.figure(size=(min(4 + 0.25 * width, 16), min(2 + 0.2 * len(names), 40)), layout="tight")
     image = axes.imshow(matrix.numpy(), aspect="auto", interpolation="nearest", cmap="viridis")
     axes.set_yticks(range(len(names)), labels=names, fontsize=6)
     axes.set_xlabel("rank (sorted by importance)" if sort else "rank")
     axes.set_title(title or f"|dL/dθ · θ| per rank ({result.num_batches} batches)")
     figure.colorbar(image, ax=axes, label="share of the module's importance" if normalise else "importance")
-    figure.tight_layout()
-    figure.savefig(os.fspath(path), format="png", dpi=120)
-    return os.fspath(path)
+    return plotting.save(figure, path)

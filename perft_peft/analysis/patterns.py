@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import plotting
 from .importance import RankImportance
 
 
@@ -86,7 +87,7 @@ def rank_correlation(results: Mapping[str, RankImportance], module: str) -> torc
 
 def plot_dimension_variance(result: RankImportance, path: str | os.PathLike, title: str | None = None) -> str:
     """Figure 2: bars of the rank and input/output variance per module type; returns the PNG's path."""
-    figure, axes = _figure(1, 1, (6, 3.5))
+    figure, axes = plotting.figure(size=(6, 3.5), layout="constrained")
     groups = by_module_type(dimension_variance(result))
     positions = torch.arange(len(groups), dtype=torch.float64)
     axes.bar(positions - 0.2, [v.rank for v in groups.values()], width=0.4, label="rank_avg")
@@ -95,15 +96,14 @@ def plot_dimension_variance(result: RankImportance, path: str | os.PathLike, tit
     axes.set_ylabel("mean variance of importance / its mean")
     axes.set_title(title or "Variance of importance: along the rank vs the input/output dimension", fontsize=9)
     axes.legend()
-    return _save(figure, path)
+    return plotting.save(figure, path)
 
 
 def plot_correlations(
     results: Mapping[str, RankImportance], modules: list[str], path: str | os.PathLike, title: str | None = None
 ) -> str:
     """Figure 3: per module, the task x task (top) and rank x rank (bottom) correlation heatmaps."""
-    figure, axes = _figure(2, len(modules), (3 * len(modules) + 1, 6))
-    axes = axes.reshape(2, len(modules))
+    figure, axes = plotting.figure(2, len(modules), size=(3 * len(modules) + 1, 6), layout="constrained", squeeze=False)
     tasks = list(results)
     for column, module in enumerate(modules):
         for row, (matrix, labels) in enumerate(
@@ -122,20 +122,4 @@ def plot_correlations(
     figure.suptitle(
         title or "Correlation of per-rank importance: across tasks (top), across ranks (bottom)", fontsize=9
     )
-    return _save(figure, path)
-
-
-def _figure(rows: int, columns: int, size: tuple[float, float]):
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=size, layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(rows, columns, squeeze=False)
-    return figure, (axes[0, 0] if rows == columns == 1 else np.asarray(axes))
-
-
-def _save(figure, path: str | os.PathLike) -> str:
-    figure.savefig(os.fspath(path), format="png", dpi=120)
-    return os.fspath(path)
+    return plotting.save(figure, path)

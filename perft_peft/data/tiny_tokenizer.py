@@ -10,7 +10,7 @@ Build the tiny model with ``vocab_size=len(tokenizer)``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from .fixtures import FIXTURES_DIR
 from .prompts import generate_eval_prompt, generate_prompt
@@ -21,23 +21,33 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 def tiny_word_tokenizer(
     texts: Iterable[str] | None = None,
     *,
+    vocabulary: Sequence[str] | None = None,
     add_bos: bool = True,
     padding_side: str = "right",
     model_max_length: int = 4096,
 ):
     """A ``PreTrainedTokenizerFast`` whose vocabulary is the special tokens plus every whitespace-separated word
-    of ``texts`` (default: all bundled fixtures rendered through the training and evaluation templates).
+    of ``texts`` (default: all bundled fixtures rendered through the training and evaluation templates), or
+    exactly ``vocabulary`` (the tokens in id order, starting with ``<pad> <s> </s>``) when given.
 
-    Words outside the vocabulary map to ``<unk>``. The vocabulary is sorted, so the same texts give the same ids.
+    Words outside the vocabulary map to ``<unk>`` (an error if ``vocabulary`` has none). The words of ``texts``
+    are sorted, so the same texts give the same ids.
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    if texts is None:
-        texts = fixture_texts()
-    words = {word for text in texts for word in text.split()} - set(SPECIAL_TOKENS)
-    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *sorted(words)])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    if vocabulary is None:
+        if texts is None:
+            texts = fixture_texts()
+        words = {word for text in texts for word in text.split()} - set(SPECIAL_TOKENS)
+        vocabulary = [*SPECIAL_TOKENS, *sorted(words)]
+    elif texts is not None:
+        raise ValueError("Give texts or a vocabulary, not both.")
+    elif tuple(vocabulary[:3]) != SPECIAL_TOKENS[:3] or len(set(vocabulary)) != len(vocabulary):
+        raise ValueError(f"A vocabulary starts with {' '.join(SPECIAL_TOKENS[:3])} and repeats no token.")
+    vocab = {token: i for i, token in enumerate(vocabulary)}
+    unk = "<unk>" if "<unk>" in vocab else None
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=unk))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     if add_bos:
         backend.post_processor = processors.TemplateProcessing(
@@ -48,7 +58,7 @@ def tiny_word_tokenizer(
         pad_token="<pad>",
         bos_token="<s>",
         eos_token="</s>",
-        unk_token="<unk>",
+        unk_token=unk,
         padding_side=padding_side,
         model_max_length=model_max_length,
     )

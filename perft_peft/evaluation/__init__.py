@@ -15,7 +15,7 @@ from .generation import evaluation_generation_config, generate_responses
 from .metric import METRIC_PATH, load_accuracy_metric
 from .protocols import PROTOCOLS, Protocol, get_protocol
 from .report import BenchmarkResult, EvalReport
-from .runner import evaluate_benchmarks
+from .runner import evaluate_benchmarks, score_benchmark
 from .tasks import ARITHMETIC, BENCHMARKS, COMMONSENSE, Benchmark, fixture_benchmarks, get_benchmark, resolve
 
 __all__ = [
@@ -40,4 +40,5 @@ __all__ = [
     "last_number",
     "load_accuracy_metric",
     "resolve",
+    "score_benchmark",
 ]

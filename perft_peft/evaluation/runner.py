@@ -1,4 +1,4 @@
-"""``evaluate_benchmarks``: generate, extract, score through the shipped metric, tabulate."""
+"""``evaluate_benchmarks``: generate, extract, score through the shipped metric (``score_benchmark``), tabulate."""
 
 from __future__ import annotations
 
@@ -52,43 +52,68 @@ def evaluate_benchmarks(
         if benchmark.name in test_sets:
             raise ValueError(f"{key!r} names {benchmark.name!r}, which is already in the benchmarks.")
         test_sets[benchmark.name] = (benchmark, _load_records(benchmark, source, limit))
-    metrics = {}
-    results = {}
-    for benchmark, records in test_sets.values():
-        beams = 1 if greedy else num_beams or benchmark.num_beams
-        tokens = max_new_tokens or protocol.tokens(benchmark)
-        responses = generate_responses(
+    results = {
+        benchmark.name: score_benchmark(
             model,
             tokenizer,
-            [r["instruction"] for r in records],
-            num_beams=beams,
-            max_new_tokens=tokens,
+            benchmark,
+            records,
+            num_beams=1 if greedy else num_beams or benchmark.num_beams,
+            max_new_tokens=max_new_tokens or protocol.tokens(benchmark),
             batch_size=batch_size,
             progress=progress,
-            desc=benchmark.label,
-            prompt_suffix=protocol.suffix(benchmark),
-            read_response=protocol.response,
+            protocol=protocol,
         )
-        predictions = [benchmark.extract(response) for response in responses]
-        references = [r["answer"] for r in records]
-        if benchmark.numeric not in metrics:
-            metrics[benchmark.numeric] = load_accuracy_metric(benchmark.numeric)
-        score = metrics[benchmark.numeric].compute(predictions=predictions, references=references)
-        examples = [
-            {
-                "instruction": r["instruction"],
-                "answer": r["answer"],
-                "response": response,
-                "prediction": prediction,
-                "correct": is_correct(prediction, r["answer"], numeric=benchmark.numeric),
-            }
-            for r, response, prediction in zip(records, responses, predictions)
-        ]
-        results[benchmark.name] = BenchmarkResult(
-            benchmark.name, score["correct"], score["total"], beams, tokens, examples
-        )
+        for benchmark, records in test_sets.values()
+    }
     settings = {"batch_size": batch_size, "limit": limit, "greedy": greedy, "protocol": protocol.name}
     return EvalReport(results, model_name=model_name, settings=settings)
+
+
+def score_benchmark(
+    model,
+    tokenizer,
+    benchmark: Benchmark,
+    records: Sequence[Mapping],
+    *,
+    num_beams: int,
+    max_new_tokens: int,
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str | None = None,
+    protocol: str | Protocol = DEFAULT_PROTOCOL,
+) -> BenchmarkResult:
+    """One test set (records with ``instruction`` and ``answer``, in memory) generated, its answers extracted as
+    ``benchmark`` extracts them and scored through the shipped metric: the loop ``evaluate_benchmarks`` runs for
+    each benchmark, and the paper sweep for each of its tasks. ``protocol`` sets the prompt suffix and where the
+    answer is read; the decoding (``num_beams``, ``max_new_tokens``) is the caller's."""
+    protocol = get_protocol(protocol)
+    responses = generate_responses(
+        model,
+        tokenizer,
+        [r["instruction"] for r in records],
+        num_beams=num_beams,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc or benchmark.label,
+        prompt_suffix=protocol.suffix(benchmark),
+        read_response=protocol.response,
+    )
+    predictions = [benchmark.extract(response) for response in responses]
+    references = [r["answer"] for r in records]
+    score = load_accuracy_metric(benchmark.numeric).compute(predictions=predictions, references=references)
+    examples = [
+        {
+            "instruction": r["instruction"],
+            "answer": r["answer"],
+            "response": response,
+            "prediction": prediction,
+            "correct": is_correct(prediction, r["answer"], numeric=benchmark.numeric),
+        }
+        for r, response, prediction in zip(records, responses, predictions)
+    ]
+    return BenchmarkResult(benchmark.name, score["correct"], score["total"], num_beams, max_new_tokens, examples)
 
 
 def check_settings(*, batch_size, max_new_tokens, num_beams, greedy, limit) -> None:
