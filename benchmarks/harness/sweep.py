@@ -274,6 +274,7 @@ def training_arguments(
     steps_hint: int,
     progress: bool,
 ):
+    from perft_peft.recipe_args import recipe_training_defaults
     from perft_peft.trainer import PerftTrainingArguments
 
     lr = learning_rate
@@ -282,22 +283,25 @@ def training_arguments(
         extra = dict(loracoe_warmup_steps=steps_hint // 2, loracoe_warmup_learning_rate=lr)
         lr = lr * LORACOE_JOINT_LR_FACTOR
     return PerftTrainingArguments(
-        output_dir=output_dir,
-        max_steps=settings.max_steps,
-        num_train_epochs=settings.num_train_epochs,
-        per_device_train_batch_size=settings.batch_size,
-        learning_rate=lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=int(settings.warmup_fraction * steps_hint),
-        weight_decay=0.0,
-        logging_steps=10,
-        save_strategy="no",
-        report_to="none",
-        seed=seed,
-        remove_unused_columns=False,
-        disable_tqdm=not progress,
-        use_cpu=not torch.cuda.is_available(),
-        **extra,
+        **{
+            **recipe_training_defaults(),  # what the recipes' data and devices need, as the recipes train
+            **dict(
+                output_dir=output_dir,
+                max_steps=settings.max_steps,
+                num_train_epochs=settings.num_train_epochs,
+                per_device_train_batch_size=settings.batch_size,
+                learning_rate=lr,
+                lr_scheduler_type="cosine",
+                warmup_steps=int(settings.warmup_fraction * steps_hint),
+                weight_decay=0.0,
+                logging_steps=10,
+                save_strategy="no",
+                report_to="none",
+                seed=seed,
+                disable_tqdm=not progress,
+                **extra,
+            ),
+        }
     )
 
 
