@@ -17,19 +17,12 @@ from perft_peft.evaluation import cli
 from perft_peft.trainer.output_dir import OutputDirBusy
 
 from .conftest import base_model
+from .scripts import RECIPES, TINY_RUN
 
-ROOT = Path(__file__).resolve().parent.parent
-RECIPES = ROOT / "recipes"
 FAST = [
-    "--tiny",
+    *TINY_RUN,
     "--max_steps",
     "2",
-    "--batch_size",
-    "2",
-    "--per_device_train_batch_size",
-    "2",
-    "--gradient_checkpointing",
-    "false",
     "--save_steps",
     "1",
     "--logging_steps",

@@ -2,10 +2,7 @@
 the report, recipes/evaluate_adapter.py's flags, and a tiny train-then-evaluate run end to end."""
 
 import json
-import os
 import runpy
-import subprocess
-import sys
 from pathlib import Path
 from statistics import fmean
 
@@ -32,15 +29,7 @@ from perft_peft.evaluation import (
 )
 from perft_peft.testing import tiny_moe
 
-ROOT = Path(__file__).resolve().parent.parent
-RECIPES = ROOT / "recipes"
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "OMP_NUM_THREADS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
+from .scripts import RECIPES, TINY_RUN, run
 
 # (benchmark, model response, what LLM-Adapters' extract_answer returns). The expected values were obtained by
 # running commonsense_evaluate.py's extract_answer on these strings, and are written out here.
@@ -466,33 +455,11 @@ def test_flags_find_the_test_sets(tmp_path):
     assert real.sources == {"ARC-Easy": tmp_path / "ARC-Easy" / "test.json", "AQuA": tmp_path / "AQuA" / "test.json"}
 
 
-def _run(args):
-    result = subprocess.run(
-        [sys.executable, *map(str, args)], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-
-
 @pytest.mark.slow
 def test_tiny_train_then_evaluate(tmp_path):
     adapter, out = tmp_path / "run", tmp_path / "eval"
-    _run(
-        [
-            RECIPES / "mixtral_perft_r.py",
-            "--tiny",
-            "--max_steps",
-            "1",
-            "--batch_size",
-            "2",
-            "--per_device_train_batch_size",
-            "2",
-            "--gradient_checkpointing",
-            "false",
-            "--output_dir",
-            adapter,
-        ]
-    )
-    _run([RECIPES / "evaluate_adapter.py", "--adapter", adapter, "--tiny", "--limit", "4", "--output_dir", out])
+    run([RECIPES / "mixtral_perft_r.py", *TINY_RUN, "--max_steps", "1", "--output_dir", adapter])
+    run([RECIPES / "evaluate_adapter.py", "--adapter", adapter, "--tiny", "--limit", "4", "--output_dir", out])
 
     results = json.loads((out / "eval_results.json").read_text())
     benchmarks = results["benchmarks"]

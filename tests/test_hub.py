@@ -8,7 +8,6 @@ file (``python tests/test_hub.py <step> ...``), which print their findings as on
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ pytestmark = pytest.mark.slow  # several processes (the recipe, the clients), ~1
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # as a script (the client steps), `tests` must be importable too
 from tests.hub_server import HubServer  # noqa: E402
+from tests.scripts import RECIPES, TINY_RUN, run  # noqa: E402
 
 REPO = "user/tiny-perft"
 MISSING = "user/does-not-exist"
@@ -50,17 +50,9 @@ def _env(endpoint: str, hf_home: Path) -> dict:
     }
 
 
-def _run(args, env, timeout=300):
-    result = subprocess.run(
-        [sys.executable, *map(str, args)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return result.stdout
-
-
 def _step(name, *args, endpoint, hf_home):
     """Run a client step of this file in a fresh process; its JSON result."""
-    out = _run([__file__, name, *args], _env(endpoint, hf_home))
+    out = run([__file__, name, *args], _env(endpoint, hf_home))
     return json.loads(next(line for line in out.splitlines() if line.startswith(RESULT))[len(RESULT) :])
 
 
@@ -68,18 +60,12 @@ def _step(name, *args, endpoint, hf_home):
 def pushed(hub, tmp_path_factory):
     """The tiny recipe run that pushes its adapter: the output folder and the commit it made."""
     out = tmp_path_factory.mktemp("recipe") / "run"
-    _run(
+    run(
         [
-            ROOT / "recipes" / "mixtral_perft_r.py",
-            "--tiny",
+            RECIPES / "mixtral_perft_r.py",
+            *TINY_RUN,
             "--max_steps",
             "1",
-            "--batch_size",
-            "2",
-            "--per_device_train_batch_size",
-            "2",
-            "--gradient_checkpointing",
-            "false",
             "--output_dir",
             out,
             "--push_to_hub",

@@ -4,11 +4,7 @@ their Mixtral PERFT-R's renormalised top-K gates (``norm_topk_prob``) and their 
 
 import json
 import math
-import os
 import runpy
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +14,7 @@ import perft_peft.perft.layer as perft_layer
 from perft_peft import PerftConfig, PerftLayer, recipe
 
 from .conftest import base_model
+from .scripts import RECIPES, run
 from .test_perft_equations import _adapter_tensors, _force_sparse, _randomise_routers, _reference_logits
 
 
@@ -160,8 +157,6 @@ def test_renormalised_topk_equals_equations(family, expert_type, sparse, input_i
 
 # -- the recipes train as the authors' finetune.py ----------------------------------------------------------------
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-
 
 def _recipe_args(script, argv=()):
     """(script, method, training) arguments of ``recipes/<script>.py --model m --output_dir o <argv>``."""
@@ -229,14 +224,12 @@ def test_tiny_recipe_run_validates_and_keeps_the_best(tmp_path):
     """olmoe_perft --tiny with adapter experts: the saved config is the authors' (perft init, SiLU, scale 1), the
     validation loss is logged every --eval_steps on the held-out split, and the best checkpoint is tracked."""
     out = tmp_path / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(
+    run(
         [
-            sys.executable,
-            str(RECIPES / "olmoe_perft.py"),
+            RECIPES / "olmoe_perft.py",
             "--tiny",
             "--output_dir",
-            str(out),
+            out,
             "--max_steps",
             "4",
             "--batch_size",
@@ -249,13 +242,8 @@ def test_tiny_recipe_run_validates_and_keeps_the_best(tmp_path):
             "2",
             "--expert_type",
             "adapter",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
+        ]
     )
-    assert result.returncode == 0, result.stderr[-4000:]
     config = json.loads((out / "adapter_config.json").read_text())
     assert (config["init_weights"], config["adapter_act"], config["norm_topk_prob"]) == ("perft", "silu", False)
     assert config["lora_alpha"] == config["r"]

@@ -3,7 +3,6 @@ flags over it, errors naming the key before any model is loaded, and TrainingArg
 
 import runpy
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -11,7 +10,8 @@ from perft_peft import recipe
 from perft_peft.recipe_args import PerftArguments, RecipeParser, ScriptArguments
 from perft_peft.trainer import PerftTrainingArguments
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+from .scripts import RECIPES, TINY_RUN
+
 CONFIGS = RECIPES / "configs"
 
 
@@ -107,14 +107,10 @@ def test_training_flags_reach_the_trainer(tmp_path):
     main = runpy.run_path(str(RECIPES / "loracoe.py"), run_name="test")["main"]
     trainer = main(
         [
-            "--tiny",
+            *TINY_RUN,
             "--output_dir",
             str(tmp_path / "run"),
             "--max_steps",
-            "2",
-            "--batch_size",
-            "2",
-            "--per_device_train_batch_size",
             "2",
             "--weight_decay",
             "0.25",

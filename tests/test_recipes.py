@@ -1,9 +1,7 @@
 """The recipes: --help, every recipe's --tiny run, flag errors, and the 2-process DeepSpeed ZeRO-3 run."""
 
 import json
-import os
 import runpy
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,8 +10,8 @@ import torch
 from peft import AutoPeftModelForCausalLM
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parent.parent
-RECIPES = ROOT / "recipes"
+from .scripts import RECIPES, run
+
 FAST = [
     "--max_steps",
     "2",
@@ -25,15 +23,6 @@ FAST = [
     "false",
     "--probe_logits",
 ]
-
-
-def _run(args, timeout=600, launcher=(sys.executable,)):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(
-        [*launcher, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return result.stdout + result.stderr
 
 
 def _check_adapter_matches_probe(output_dir: Path):
@@ -83,7 +72,7 @@ def test_help(script):
 )
 def test_tiny_run(tmp_path, script, extra, peft_type):
     out = tmp_path / "run"
-    _run([RECIPES / f"{script}.py", "--tiny", "--output_dir", out, *FAST, *extra])
+    run([RECIPES / f"{script}.py", "--tiny", "--output_dir", out, *FAST, *extra])
     config = _check_adapter_matches_probe(out)
     assert config["peft_type"] == peft_type
     assert json.loads((out / "run_info.json").read_text())["world_size"] == 1
@@ -157,7 +146,7 @@ def test_mixtral_perft_r_on_deepspeed_zero3_with_two_processes(tmp_path):
         "--num_processes",
         "2",
     )
-    log = _run(command, timeout=900, launcher=launcher)
+    log = run(command, timeout=900, launcher=launcher)
     assert "[perft-peft] rank 0/2 ready" in log and "[perft-peft] rank 1/2 ready" in log
     assert json.loads((out / "run_info.json").read_text())["world_size"] == 2
     ds_config = json.loads((RECIPES / "configs" / "ds_zero3_cpu.json").read_text())
@@ -175,7 +164,7 @@ def test_mixtral_perft_r_on_deepspeed_zero3_with_two_processes(tmp_path):
 
     # a cluster relaunching the finished job: nothing trained, nothing replaced (issue 14)
     adapter = (out / "adapter_model.safetensors").read_bytes()
-    log = _run([*command, "--resume_from_checkpoint", "true"], timeout=900, launcher=launcher)
+    log = run([*command, "--resume_from_checkpoint", "true"], timeout=900, launcher=launcher)
     assert "the run is finished, nothing to do" in log
     assert (out / "adapter_model.safetensors").read_bytes() == adapter
     assert all(int(p.name.split("-")[1]) <= 4 for p in out.glob("checkpoint-*"))
