@@ -17,6 +17,7 @@ from perft_peft.data import (
     load_mixture,
     loracoe_mixture,
 )
+from perft_peft.recipe import mixture_parts
 
 COMMONSENSE = fixture_path("commonsense_tiny")
 ORCA = [json.loads(line) for line in ORCA_MATH_FIXTURE.read_text().splitlines()]
@@ -90,17 +91,19 @@ def test_bad_sizes(cache):
 
 
 def test_recipe_uses_the_mixture_with_the_papers_sizes(tmp_path):
-    loracoe = runpy.run_path(str(RECIPE), run_name="help")
-    args = loracoe["parse"](["--model", "m", "--output_dir", str(tmp_path)])
-    parts = loracoe["mixture_parts"](args)
-    assert parts == [
+    parser = runpy.run_path(str(RECIPE), run_name="help")["p"]
+
+    def parts(argv):
+        script, method, _ = parser.parse(argv)
+        return mixture_parts(script, method)
+
+    assert parts(["--model", "m", "--output_dir", str(tmp_path)]) == [
         MixturePart("commonsense_170k.json", 75_000),
         MixturePart("microsoft/orca-math-word-problems-200k", 75_000, "orca_math"),
     ]
-    args = loracoe["parse"](["--tiny", "--output_dir", str(tmp_path)])
-    assert loracoe["mixture_parts"](args) == [
+    assert parts(["--tiny", "--output_dir", str(tmp_path)]) == [
         MixturePart(COMMONSENSE),
         MixturePart(ORCA_MATH_FIXTURE, format="orca_math"),
     ]
-    args = loracoe["parse"](["--model", "m", "--output_dir", str(tmp_path), "--math_data", "none", "--data_size", "0"])
-    assert loracoe["mixture_parts"](args) == [MixturePart("commonsense_170k.json")]
+    argv = ["--model", "m", "--output_dir", str(tmp_path), "--math_data", "none", "--data_size", "0"]
+    assert parts(argv) == [MixturePart("commonsense_170k.json")]

@@ -97,9 +97,10 @@ def test_lora_refuses_loracoe_only_flags(loracoe, tmp_path):
 def test_tiny_runs_of_baselines_and_ablations(tmp_path, extra, peft_type):
     import json
 
-    from .test_recipes import FAST, _check_adapter_matches_probe, _run
+    from .scripts import run
+    from .test_recipes import FAST, _check_adapter_matches_probe
 
-    out = _run([RECIPE, "--tiny", "--output_dir", tmp_path, *FAST, *extra])
+    out = run([RECIPE, "--tiny", "--output_dir", tmp_path, *FAST, *extra])
     assert "Give loracoe_warmup_steps or loracoe_warmup_epochs" not in out
     assert _check_adapter_matches_probe(tmp_path)["peft_type"] == peft_type
     if "--save_without_router" in extra:
