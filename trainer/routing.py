@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 
 import torch
 from torch import nn
@@ -151,11 +152,12 @@ class RoutingStats:
 
 def _heatmap(rows: list[tuple[str, list[float]]], xlabel: str, title: str, path: str) -> None:
     data = torch.tensor([values for _, values in rows])
-    fig, ax = plotting.figure(size=(2 + 0.35 * data.shape[1], 1.2 + 0.3 * len(rows)), layout="tight")
+    width = 2 + 0.35 * data.shape[1]
+    fig, ax = plotting.figure(size=(width, 1.2 + 0.3 * len(rows)), layout="tight")
     image = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0)
     ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=7)
     ax.set_xticks(range(data.shape[1]))
     ax.set_xlabel(xlabel)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, int(8 * width)), fontsize=9)  # a narrow figure (few experts) wraps it
     fig.colorbar(image, ax=ax)
     plotting.save(fig, path, dpi=100)
