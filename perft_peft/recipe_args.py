@@ -194,6 +194,11 @@ class LoraCoeArguments(_LoraCoeFields):
         elif epochs and not steps:
             values["loracoe_warmup_steps"] = None
         if values["max_steps"] > 0 and values["loracoe_warmup_steps"] is None and not epochs:
+            if values["max_steps"] < 2:
+                raise ValueError(
+                    "--max_steps 1 leaves no step for LoRACoE's warmup (half the steps unless "
+                    "--loracoe_warmup_steps is given): give --max_steps 2 or more, or --no_warmup"
+                )
             values["loracoe_warmup_steps"], values["loracoe_warmup_epochs"] = values["max_steps"] // 2, None
 
 

@@ -42,6 +42,15 @@ def test_config_default_and_max_steps(loracoe, tmp_path):
     assert (training.loracoe_warmup_steps, training.loracoe_warmup_epochs) == (3, None)
 
 
+def test_one_step_leaves_no_warmup(loracoe, tmp_path, capsys):
+    """Half of one step is no warmup: said before any model loads, not as the trainer's puzzling complaint."""
+    with pytest.raises(SystemExit):
+        parse(loracoe, ["--max_steps", "1"], tmp_path)
+    assert "--max_steps 1 leaves no step for LoRACoE's warmup" in capsys.readouterr().err
+    _, _, training = parse(loracoe, ["--max_steps", "1", "--no_warmup"], tmp_path)
+    assert not training.uses_loracoe_warmup
+
+
 def test_no_warmup(loracoe, tmp_path):
     _, _, training = parse(loracoe, ["--no_warmup"], tmp_path)
     assert not training.uses_loracoe_warmup and training.loracoe_warmup_learning_rate is None
