@@ -115,3 +115,8 @@ def test_tiny_runs_of_baselines_and_ablations(tmp_path, extra, peft_type):
     if "--save_without_router" in extra:
         config = json.loads((tmp_path / "without_router" / "adapter_config.json").read_text())
         assert config["peft_type"] == "LORA" and config["base_model_name_or_path"] == str(tmp_path / "tiny_base")
+        # relaunching the finished run (a cluster's retry) trains nothing and leaves both adapters as they were
+        saved = (tmp_path / "without_router" / "adapter_model.safetensors").read_bytes()
+        out = run([RECIPE, "--tiny", "--output_dir", tmp_path, *FAST, *extra, "--resume_from_checkpoint", "true"])
+        assert "the run is finished, nothing to do" in out
+        assert (tmp_path / "without_router" / "adapter_model.safetensors").read_bytes() == saved
