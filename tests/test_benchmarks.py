@@ -4,6 +4,7 @@ results, and a smoke run of each script at tiny sizes (no timing is asserted).""
 
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -287,6 +288,36 @@ def test_synthetic_answers_follow_the_world_and_splits_are_disjoint():
                     assert truth in (COLOURS if task.name == "answer" else HOMES)
 
 
+def assert_states(world, statement, question, answer):
+    """``statement`` is a true fact of ``world`` whose answer to ``question`` is ``answer``."""
+    words = statement.split()
+    if words[0] == "the":  # "the yak is red" / "the yak lives in the city"
+        assert words[1] in question.split() and words[-1] == answer in world.facts[words[1]]
+        assert question.startswith("where") == (words[2] == "lives")
+    elif words[1] in ("plus", "minus"):
+        a, b, total = int(words[0]), int(words[2]), int(words[4])
+        assert total == (a + b if words[1] == "plus" else a - b) and str(total) == answer
+        assert question == f"what is {a} {words[1]} {b} ?"
+    else:  # "x is more than y" / "x is less than y"
+        x, y = int(words[0]), int(words[4])
+        assert (x > y if words[2] == "more" else x < y) and str(x) == answer
+        assert question.startswith(f"which is {words[2]} ,") and {str(x), str(y)} == set(question.split()[4:7:2])
+
+
+def test_stated_quizzes_say_their_answer_and_label_the_option_holding_it():
+    world, rng = World(0), random.Random(0)
+    for _ in range(300):
+        text, label = world.quiz(rng, stated=True)
+        prefix, *options = re.split(r" (?=[A-Z][a-z]+\d: )", text)
+        statement, question = prefix.split(" . ")
+        names = [o.split(": ")[0] for o in options]
+        assert 2 <= len(options) <= 4 and names == [f"{names[0][:-1]}{i + 1}" for i in range(len(options))]
+        values = [o.split(": ")[1] for o in options]
+        chosen = values[int(label[-1]) - 1]
+        assert label[:-1].capitalize() == names[0][:-1] and values.count(chosen) == 1
+        assert_states(world, statement, question, chosen)
+
+
 def test_pretraining_states_and_asks_only_the_worlds_facts():
     world = World(0)
     for kind in QUESTIONS:
@@ -302,17 +333,33 @@ def test_pretraining_states_and_asks_only_the_worlds_facts():
     kinds = set()
     for text in world.pretraining_texts(600, seed=3):
         if "### Response:" in text and ": " in text.split("### Response:")[0]:  # a quiz: labelled options
-            kinds.add("quiz")
             question, response = (part.strip() for part in text.split("### Instruction:")[1].split("### Response:"))
             question, *options = re.split(r" (?=[A-Z][a-z]+\d: )", question)
             label = response.split()[-1]
             chosen = next(o.split(": ")[1] for o in options if o.split(":")[0].lower() == label)
+            if " . " in question:  # a stated quiz: the fact, said, then the quiz
+                kinds.add("stated_quiz")
+                statement, question = question.split(" . ")
+                assert_states(world, statement, question, chosen)
+            else:
+                kinds.add("quiz")
             x, y = (int(w) for w in question.split()[4:7:2]) if question.startswith("which") else (0, 0)
             assert (question, chosen) in facts or (question.startswith("which is less") and chosen == str(min(x, y)))
             assert response.split()[:-1] in ([], ["the", "answer", "is"])
         elif "### Response:" in text:
             question, answer_word = text.split("### Instruction:")[1].split("### Response:")
             assert (question.strip(), answer_word.strip()) in facts
+        elif re.match(r"[A-Z][a-z]+1: ", text):  # a table: labelled options, then questions answered by label
+            kinds.add("table")
+            head, *asked = text.split(" ? ")
+            options = dict(o.split(": ") for o in re.split(r" (?=[A-Z][a-z]+\d: )", head.split(" . ")[0]))
+            questions = [head.split(" . ", 1)[1]] + [a.split(" . ", 1)[1] for a in asked[:-1]]
+            assert 1 <= len(questions) <= 6 and 2 <= len(options) <= 4 and asked[-1].endswith(" .")
+            for question, answer in zip(questions, asked):
+                value = options[answer.split()[0].capitalize()]
+                words = question.split()
+                less = question.startswith("which is less") and value == str(min(int(words[4]), int(words[6])))
+                assert (f"{question} ?", value) in facts or less
         elif text.split()[-2:] in (["true", "."], ["false", "."], ["correct", "."], ["wrong", "."]):
             kinds.add("claim")
             words = text.split()
