@@ -222,7 +222,9 @@ def test_equal_activated_questions_are_equal_on_the_default_base():
             hidden_size=sweep.BaseSettings.hidden_size,
             num_hidden_layers=sweep.BaseSettings.num_hidden_layers,
             vocab_size=64,
-        )
+        ),
+        head_dim=sweep.BaseSettings.head_dim,
+        kv_groups=sweep.BaseSettings.kv_groups,
     )
 
     def act(spec):

@@ -76,6 +76,10 @@ class BaseSettings:
     num_hidden_layers: int = 4
     num_experts: int = 8
     top_k: int = 2
+    # 4 heads of 32 sharing 2 KV heads: the KV width (64) and so every adapter's size stay those of Mixtral's
+    # ratios (1 KV head for 2 heads of 64), but there are twice as many attention patterns for the look-up
+    head_dim: int = 32
+    kv_groups: int = 2
     steps: int = 2000
     batch_size: int = 16
     block_size: int = 128
@@ -198,7 +202,7 @@ def pretrain_base(settings: BaseSettings, path: Path, progress: bool = True) -> 
         seq_len=settings.block_size,
         vocab_size=len(tokenizer),
     )
-    model = mixtral_shaped(shape, seed=settings.world_seed)
+    model = mixtral_shaped(shape, seed=settings.world_seed, head_dim=settings.head_dim, kv_groups=settings.kv_groups)
     model.config.update(
         dict(
             bos_token_id=tokenizer.bos_token_id,
