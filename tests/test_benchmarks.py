@@ -559,6 +559,7 @@ def test_look_up_scores_a_quiz_solver_perfect_and_a_guesser_by_chance(monkeypatc
             if first:
                 answers.append(f"the answer is {options[0].split(':')[0].lower()}")
                 continue
+            question = question.split(" . ")[-1]  # without the fact a stated quiz says first
             words = question.split()
             truth = facts.get(question) or str(min(int(words[4]), int(words[6])))  # "which is less , x or y ?"
             answers.append(next(o.split(":")[0].lower() for o in options if o.split(": ")[1] == truth))
@@ -567,6 +568,7 @@ def test_look_up_scores_a_quiz_solver_perfect_and_a_guesser_by_chance(monkeypatc
     monkeypatch.setattr(sweep, "generate_responses", lambda model, tokenizer, prompts, **kw: solve(prompts))
     solved = sweep.look_up(None, None, world, count=200)
     assert solved["quiz"] == 100.0 and 33.3 < solved["chance"] < 50.0
+    assert sweep.look_up(None, None, world, count=200, stated=True)["quiz"] == 100.0
     monkeypatch.setattr(sweep, "generate_responses", lambda model, tokenizer, prompts, **kw: solve(prompts, True))
     guessed = sweep.look_up(None, None, world, count=200)
     assert guessed["chance"] == solved["chance"] and abs(guessed["quiz"] - guessed["chance"]) < 12

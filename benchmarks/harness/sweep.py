@@ -172,12 +172,15 @@ def knowledge(model, tokenizer, world: World, batch_size: int = 128) -> dict[str
     return out
 
 
-def look_up(model, tokenizer, world: World, count: int = 400, batch_size: int = 128) -> dict[str, float]:
+def look_up(
+    model, tokenizer, world: World, count: int = 400, batch_size: int = 128, stated: bool = False
+) -> dict[str, float]:
     """Accuracy (%) of the model on ``count`` fresh quizzes in its pre-training format (``World.quiz``: the last
     word of the greedy response is the label) and the accuracy of guessing: whether the base can pick the option
-    that holds a fact, the skill the tasks' choices need."""
+    that holds a fact, the skill the tasks' choices need. ``stated``: quizzes that say the fact first, so only
+    the look-up is tested, not the recall."""
     rng = random.Random(f"look-up/{count}")
-    quizzes = [world.quiz(rng) for _ in range(count)]
+    quizzes = [world.quiz(rng, stated) for _ in range(count)]
     responses = generate_responses(
         model, tokenizer, [q for q, _ in quizzes], num_beams=1, max_new_tokens=5, batch_size=batch_size, progress=False
     )
