@@ -5,7 +5,7 @@
     python benchmarks/look_up_probe.py                          # the sweep's default base, measured as it learns
     python benchmarks/look_up_probe.py --only stated_quiz --steps 2500   # pre-train on stated quizzes alone
 
-A diagnostic (docs/benchmarks.md, "Teaching the base the look-up"): it measures between the pre-training steps by
+A diagnostic (docs/benchmarks.md, "The paper in miniature"): it measures between the pre-training steps by
 wrapping the batches that ``pretrain`` consumes, so the trained weights are those ``pretrain_base`` makes.
 """
 
