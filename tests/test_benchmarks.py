@@ -548,6 +548,16 @@ def test_paper_sweep_script_smoke_and_resume(tmp_path):
     ]
 
 
+def test_look_up_probe_measures_while_pretraining():
+    args = ["benchmarks/look_up_probe.py", "--steps", 2, "--every", 1, "--count", 4]
+    out = _run(args)
+    steps = re.findall(r"step +(\d+) .*quizzes +([\d.]+)%, stated +([\d.]+)% \(guessing ([\d.]+)%\)", out)
+    assert [int(s[0]) for s in steps] == [0, 1, 2] and all(0 <= float(v) <= 100 for s in steps for v in s[1:])
+    assert "knowledge: {" in out
+    bare = re.findall(r"step +(\d+): bare 2-option stated quizzes +([\d.]+)%", _run(args + ["--bare", 2]))
+    assert [int(s) for s, _ in bare] == [0, 1, 2]
+
+
 def test_look_up_scores_a_quiz_solver_perfect_and_a_guesser_by_chance(monkeypatch):
     world = World(0)
     facts = dict(f for k in QUESTIONS for f in world.facts_of(k))
