@@ -130,10 +130,11 @@ def synthetic_setup(args):
             "know, not only adaptation (more --base_steps)"
         )
     load_base = lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # noqa: E731
-    quiz = sweep.look_up(load_base(), tokenizer, sweep.World(base.world_seed))
+    quiz, stated = (sweep.look_up(load_base(), tokenizer, sweep.World(base.world_seed), stated=s) for s in (0, 1))
     facts += (
         f"; picks the right option of {quiz['quiz']:.1f}% of fresh quizzes in its pre-training format "
-        f"(chance {quiz['chance']:.1f}%)"
+        f"(chance {quiz['chance']:.1f}%), of {stated['quiz']:.1f}% when the quiz states the fact first "
+        f"(chance {stated['chance']:.1f}%)"
     )
     return (
         load_base,

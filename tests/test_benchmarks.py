@@ -4,6 +4,7 @@ results, and a smoke run of each script at tiny sizes (no timing is asserted).""
 
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -221,7 +222,9 @@ def test_equal_activated_questions_are_equal_on_the_default_base():
             hidden_size=sweep.BaseSettings.hidden_size,
             num_hidden_layers=sweep.BaseSettings.num_hidden_layers,
             vocab_size=64,
-        )
+        ),
+        head_dim=sweep.BaseSettings.head_dim,
+        kv_groups=sweep.BaseSettings.kv_groups,
     )
 
     def act(spec):
@@ -287,6 +290,36 @@ def test_synthetic_answers_follow_the_world_and_splits_are_disjoint():
                     assert truth in (COLOURS if task.name == "answer" else HOMES)
 
 
+def assert_states(world, statement, question, answer):
+    """``statement`` is a true fact of ``world`` whose answer to ``question`` is ``answer``."""
+    words = statement.split()
+    if words[0] == "the":  # "the yak is red" / "the yak lives in the city"
+        assert words[1] in question.split() and words[-1] == answer in world.facts[words[1]]
+        assert question.startswith("where") == (words[2] == "lives")
+    elif words[1] in ("plus", "minus"):
+        a, b, total = int(words[0]), int(words[2]), int(words[4])
+        assert total == (a + b if words[1] == "plus" else a - b) and str(total) == answer
+        assert question == f"what is {a} {words[1]} {b} ?"
+    else:  # "x is more than y" / "x is less than y"
+        x, y = int(words[0]), int(words[4])
+        assert (x > y if words[2] == "more" else x < y) and str(x) == answer
+        assert question.startswith(f"which is {words[2]} ,") and {str(x), str(y)} == set(question.split()[4:7:2])
+
+
+def test_stated_quizzes_say_their_answer_and_label_the_option_holding_it():
+    world, rng = World(0), random.Random(0)
+    for _ in range(300):
+        text, label = world.quiz(rng, stated=True)
+        prefix, *options = re.split(r" (?=[A-Z][a-z]+\d: )", text)
+        statement, question = prefix.split(" . ")
+        names = [o.split(": ")[0] for o in options]
+        assert 2 <= len(options) <= 4 and names == [f"{names[0][:-1]}{i + 1}" for i in range(len(options))]
+        values = [o.split(": ")[1] for o in options]
+        chosen = values[int(label[-1]) - 1]
+        assert label[:-1].capitalize() == names[0][:-1] and values.count(chosen) == 1
+        assert_states(world, statement, question, chosen)
+
+
 def test_pretraining_states_and_asks_only_the_worlds_facts():
     world = World(0)
     for kind in QUESTIONS:
@@ -302,17 +335,33 @@ def test_pretraining_states_and_asks_only_the_worlds_facts():
     kinds = set()
     for text in world.pretraining_texts(600, seed=3):
         if "### Response:" in text and ": " in text.split("### Response:")[0]:  # a quiz: labelled options
-            kinds.add("quiz")
             question, response = (part.strip() for part in text.split("### Instruction:")[1].split("### Response:"))
             question, *options = re.split(r" (?=[A-Z][a-z]+\d: )", question)
             label = response.split()[-1]
             chosen = next(o.split(": ")[1] for o in options if o.split(":")[0].lower() == label)
+            if " . " in question:  # a stated quiz: the fact, said, then the quiz
+                kinds.add("stated_quiz")
+                statement, question = question.split(" . ")
+                assert_states(world, statement, question, chosen)
+            else:
+                kinds.add("quiz")
             x, y = (int(w) for w in question.split()[4:7:2]) if question.startswith("which") else (0, 0)
             assert (question, chosen) in facts or (question.startswith("which is less") and chosen == str(min(x, y)))
             assert response.split()[:-1] in ([], ["the", "answer", "is"])
         elif "### Response:" in text:
             question, answer_word = text.split("### Instruction:")[1].split("### Response:")
             assert (question.strip(), answer_word.strip()) in facts
+        elif re.match(r"[A-Z][a-z]+1: ", text):  # a table: labelled options, then questions answered by label
+            kinds.add("table")
+            head, *asked = text.split(" ? ")
+            options = dict(o.split(": ") for o in re.split(r" (?=[A-Z][a-z]+\d: )", head.split(" . ")[0]))
+            questions = [head.split(" . ", 1)[1]] + [a.split(" . ", 1)[1] for a in asked[:-1]]
+            assert 1 <= len(questions) <= 6 and 2 <= len(options) <= 4 and asked[-1].endswith(" .")
+            for question, answer in zip(questions, asked):
+                value = options[answer.split()[0].capitalize()]
+                words = question.split()
+                less = question.startswith("which is less") and value == str(min(int(words[4]), int(words[6])))
+                assert (f"{question} ?", value) in facts or less
         elif text.split()[-2:] in (["true", "."], ["false", "."], ["correct", "."], ["wrong", "."]):
             kinds.add("claim")
             words = text.split()
@@ -499,6 +548,16 @@ def test_paper_sweep_script_smoke_and_resume(tmp_path):
     ]
 
 
+def test_look_up_probe_measures_while_pretraining():
+    args = ["benchmarks/look_up_probe.py", "--steps", 2, "--every", 1, "--count", 4]
+    out = _run(args)
+    steps = re.findall(r"step +(\d+) .*quizzes +([\d.]+)%, stated +([\d.]+)% \(guessing ([\d.]+)%\)", out)
+    assert [int(s[0]) for s in steps] == [0, 1, 2] and all(0 <= float(v) <= 100 for s in steps for v in s[1:])
+    assert "knowledge: {" in out
+    bare = re.findall(r"step +(\d+): bare 2-option stated quizzes +([\d.]+)%", _run(args + ["--bare", 2]))
+    assert [int(s) for s, _ in bare] == [0, 1, 2]
+
+
 def test_look_up_scores_a_quiz_solver_perfect_and_a_guesser_by_chance(monkeypatch):
     world = World(0)
     facts = dict(f for k in QUESTIONS for f in world.facts_of(k))
@@ -510,6 +569,7 @@ def test_look_up_scores_a_quiz_solver_perfect_and_a_guesser_by_chance(monkeypatc
             if first:
                 answers.append(f"the answer is {options[0].split(':')[0].lower()}")
                 continue
+            question = question.split(" . ")[-1]  # without the fact a stated quiz says first
             words = question.split()
             truth = facts.get(question) or str(min(int(words[4]), int(words[6])))  # "which is less , x or y ?"
             answers.append(next(o.split(":")[0].lower() for o in options if o.split(": ")[1] == truth))
@@ -518,6 +578,7 @@ def test_look_up_scores_a_quiz_solver_perfect_and_a_guesser_by_chance(monkeypatc
     monkeypatch.setattr(sweep, "generate_responses", lambda model, tokenizer, prompts, **kw: solve(prompts))
     solved = sweep.look_up(None, None, world, count=200)
     assert solved["quiz"] == 100.0 and 33.3 < solved["chance"] < 50.0
+    assert sweep.look_up(None, None, world, count=200, stated=True)["quiz"] == 100.0
     monkeypatch.setattr(sweep, "generate_responses", lambda model, tokenizer, prompts, **kw: solve(prompts, True))
     guessed = sweep.look_up(None, None, world, count=200)
     assert guessed["chance"] == solved["chance"] and abs(guessed["quiz"] - guessed["chance"]) < 12

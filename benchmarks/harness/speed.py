@@ -60,10 +60,17 @@ class ModelShape:
 # The shapes below are tiny_moe's models at other sizes, in training mode (the benchmarks time training steps).
 
 
-def mixtral_shaped(shape: ModelShape, num_hidden_layers: int | None = None, dtype=torch.float32, seed: int = 0):
+def mixtral_shaped(
+    shape: ModelShape,
+    num_hidden_layers: int | None = None,
+    dtype=torch.float32,
+    seed: int = 0,
+    head_dim: int = 64,
+    kv_groups: int = 4,
+):
     """A randomly initialised Mixtral-shaped causal LM: Mixtral's ratios (FFN 3.5x hidden, 4 query heads per KV
-    head, head dim 64) at ``shape``'s size."""
-    heads = max(1, shape.hidden_size // 64)
+    head, head dim 64; the last two can be changed) at ``shape``'s size."""
+    heads = max(1, shape.hidden_size // head_dim)
     return tiny_moe(
         "mixtral",
         seed,
@@ -72,7 +79,7 @@ def mixtral_shaped(shape: ModelShape, num_hidden_layers: int | None = None, dtyp
         intermediate_size=shape.hidden_size * 7 // 2,
         num_hidden_layers=num_hidden_layers or shape.num_hidden_layers,
         num_attention_heads=heads,
-        num_key_value_heads=max(1, heads // 4),
+        num_key_value_heads=max(1, heads // kv_groups),
         num_local_experts=shape.num_experts,
         num_experts_per_tok=shape.top_k,
         vocab_size=shape.vocab_size,

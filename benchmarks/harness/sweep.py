@@ -77,6 +77,10 @@ class BaseSettings:
     num_hidden_layers: int = 4
     num_experts: int = 8
     top_k: int = 2
+    # 4 heads of 32 sharing 2 KV heads: the KV width (64) and so every adapter's size stay those of Mixtral's
+    # ratios (1 KV head for 2 heads of 64), but there are twice as many attention patterns for the look-up
+    head_dim: int = 32
+    kv_groups: int = 2
     steps: int = 2000
     batch_size: int = 16
     block_size: int = 128
@@ -169,12 +173,15 @@ def knowledge(model, tokenizer, world: World, batch_size: int = 128) -> dict[str
     return out
 
 
-def look_up(model, tokenizer, world: World, count: int = 400, batch_size: int = 128) -> dict[str, float]:
+def look_up(
+    model, tokenizer, world: World, count: int = 400, batch_size: int = 128, stated: bool = False
+) -> dict[str, float]:
     """Accuracy (%) of the model on ``count`` fresh quizzes in its pre-training format (``World.quiz``: the last
     word of the greedy response is the label) and the accuracy of guessing: whether the base can pick the option
-    that holds a fact, the skill the tasks' choices need."""
+    that holds a fact, the skill the tasks' choices need. ``stated``: quizzes that say the fact first, so only
+    the look-up is tested, not the recall."""
     rng = random.Random(f"look-up/{count}")
-    quizzes = [world.quiz(rng) for _ in range(count)]
+    quizzes = [world.quiz(rng, stated) for _ in range(count)]
     responses = generate_responses(
         model, tokenizer, [q for q, _ in quizzes], num_beams=1, max_new_tokens=5, batch_size=batch_size, progress=False
     )
@@ -199,7 +206,7 @@ def pretrain_base(settings: BaseSettings, path: Path, progress: bool = True) -> 
         seq_len=settings.block_size,
         vocab_size=len(tokenizer),
     )
-    model = mixtral_shaped(shape, seed=settings.world_seed)
+    model = mixtral_shaped(shape, seed=settings.world_seed, head_dim=settings.head_dim, kv_groups=settings.kv_groups)
     model.config.update(
         dict(
             bos_token_id=tokenizer.bos_token_id,

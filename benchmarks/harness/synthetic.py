@@ -90,7 +90,8 @@ DIFFERENCES = [(n, c) for n in range(MAX_NUMBER + 1) for c in range(n + 1)]
 ORDERED = [(x, y) for x in range(MAX_NUMBER + 1) for y in range(MAX_NUMBER + 1) if x != y]
 STATEMENTS = ("creature", "sum", "difference", "order")  # pre-training's plain statements
 QUESTIONS = ("colour", "home", "size", "sum", "difference", "more")  # and its questions: the probed knowledge
-FORMATS = ("quiz", "claim", "story")  # and the facts used in other formats than the tasks' (module docstring)
+# and the facts used in other formats than the tasks' (module docstring), with their weights in pre-training
+FORMATS = {"quiz": 2, "stated_quiz": 2, "table": 4, "claim": 1, "story": 1}
 LABELS = ("answer", "solution", "ending", "option")  # the label families of the tasks' choices
 THINGS = ["apples", "coins", "books", "cards"]
 
@@ -146,40 +147,46 @@ class World:
     # -- pre-training -------------------------------------------------------------------------------------------
 
     def pretraining_document(self, rng: random.Random) -> str:
-        """One statement, template-formatted question or other format (``FORMATS``) of the world's knowledge,
-        every kind equally likely."""
-        kind = rng.randrange(len(STATEMENTS) + len(QUESTIONS) + len(FORMATS))
-        if kind < len(STATEMENTS):
-            return getattr(self, f"_statement_{STATEMENTS[kind]}")(rng)
-        if kind >= len(STATEMENTS) + len(QUESTIONS):
-            return getattr(self, f"_format_{FORMATS[kind - len(STATEMENTS) - len(QUESTIONS)]}")(rng)
-        question, answer = rng.choice(self.facts_of(QUESTIONS[kind - len(STATEMENTS)]))
+        """One statement, template-formatted question or other format (``FORMATS``) of the world's knowledge: every
+        kind of statement and question equally likely, each format ``FORMATS[name]`` times as likely."""
+        kinds = {**{f"_statement_{k}": 1 for k in STATEMENTS}, **dict.fromkeys(QUESTIONS, 1)}
+        kinds.update({f"_format_{k}": weight for k, weight in FORMATS.items()})
+        (kind,) = rng.choices(list(kinds), weights=list(kinds.values()))
+        if kind.startswith("_"):
+            return getattr(self, kind)(rng)
+        question, answer = rng.choice(self.facts_of(kind))
         return generate_prompt({"instruction": question, "input": "", "output": answer})
 
-    def _format_quiz(self, rng):
-        question, label = self.quiz(rng)
+    def _format_quiz(self, rng, stated: bool = False):
+        question, label = self.quiz(rng, stated)
         return generate_prompt(
             {"instruction": question, "input": "", "output": rng.choice([label, f"the answer is {label}"])}
         )
 
-    def quiz(self, rng: random.Random) -> tuple[str, str]:
+    def _format_stated_quiz(self, rng):
+        return self._format_quiz(rng, stated=True)
+
+    def quiz(self, rng: random.Random, stated: bool = False) -> tuple[str, str]:
         """A fact asked with 2-4 labelled options (any label family) and the right option's label: pre-training's
-        quizzes (``sweep.look_up`` asks fresh ones to see whether the base can pick an option)."""
-        kind = rng.choice(QUESTIONS + ("less",))
-        if kind in ("more", "less"):
-            x, y = rng.sample(range(MAX_NUMBER + 1), 2)
-            question, correct, pool = (
-                f"which is {kind} , {x} or {y} ?",
-                str(max(x, y) if kind == "more" else min(x, y)),
-                [str(x), str(y)],
-            )
-        else:
-            question, correct = rng.choice(self.facts_of(kind))
-            pool = {"colour": COLOURS, "home": HOMES, "size": SIZES}.get(kind) or [
-                str(n) for n in range(MAX_NUMBER + 1)
-            ]
+        quizzes (``sweep.look_up`` asks fresh ones to see whether the base can pick an option). ``stated``: the
+        fact is said first ("the yak lives in the city . where does the yak live ? Option1: ..."), so the quiz is
+        a pure look-up (find the option that holds a word in the context, answer its label), without recall."""
+        question, correct, statement, pool = rng.choice(self._facts(rng.choice(QUESTIONS + ("less",))))
         options, label = self._choice(rng, correct, pool, rng.randint(2, min(4, len(pool))), rng.choice(LABELS))
-        return f"{question} {options}", label
+        return f"{statement + ' ' if stated else ''}{question} {options}", label
+
+    def _format_table(self, rng):
+        """2-4 labelled options, then up to 6 questions whose answers they hold, each answered with its option's
+        label ("Option1: forest Option2: city . where does the yak live ? option2 . where does the elk live ?
+        option1 . ..."): the quizzes' look-up, many times a document."""
+        facts = self._facts(rng.choice(QUESTIONS + ("less",)))
+        values = sorted({value for *_, pool in facts for value in pool}, key=str)
+        prefix = rng.choice(LABELS)
+        options = rng.sample(values, rng.randint(2, min(4, len(values))))
+        asked = [(q, a) for q, a, _, _ in facts if a in options]
+        asked = rng.sample(asked, min(len(asked), rng.randint(3, 6)))
+        lines = [f"{q} {prefix}{options.index(a) + 1} ." for q, a in asked]
+        return " ".join([*(f"{prefix.capitalize()}{i + 1}: {o}" for i, o in enumerate(options)), ".", *lines])
 
     def _format_claim(self, rng):
         """A claim about a creature or a sum, marked true/false or correct/wrong."""
@@ -234,21 +241,39 @@ class World:
 
     def facts_of(self, kind: str) -> list[tuple[str, str]]:
         """Every (question, one-word answer) of a kind of knowledge, as pre-training asks it in the template."""
+        if kind not in QUESTIONS:
+            raise ValueError(f"Unknown kind of knowledge {kind!r}; choose one of {', '.join(QUESTIONS)}.")
+        return [(question, answer) for question, answer, _, _ in self._facts(kind)]
+
+    def _facts(self, kind: str) -> list[tuple[str, str, str, list[str]]]:
+        """(question, answer, the fact as a statement, the answer's alternatives) of every fact of a kind
+        (``QUESTIONS`` or "less", which quizzes ask too)."""
+        numbers = [str(n) for n in range(MAX_NUMBER + 1)]
         if kind in ("colour", "home", "size"):
             index = ("colour", "home", "size").index(kind)
-            ask = {
-                "colour": "what colour is the {} ?",
-                "home": "where does the {} live ?",
-                "size": "is the {} small or big ?",
+            ask, say = {
+                "colour": ("what colour is the {} ?", "the {} is {} ."),
+                "home": ("where does the {} live ?", "the {} lives in the {} ."),
+                "size": ("is the {} small or big ?", "the {} is {} ."),
             }[kind]
-            return [(ask.format(c), self.facts[c][index]) for c in CREATURES]
+            pool = (COLOURS, HOMES, SIZES)[index]
+            return [(ask.format(c), self.facts[c][index], say.format(c, self.facts[c][index]), pool) for c in CREATURES]
         if kind == "sum":
-            return [(f"what is {a} plus {b} ?", str(a + b)) for a, b in SUMS]
+            return [(f"what is {a} plus {b} ?", str(a + b), f"{a} plus {b} is {a + b} .", numbers) for a, b in SUMS]
         if kind == "difference":
-            return [(f"what is {n} minus {c} ?", str(n - c)) for n, c in DIFFERENCES]
-        if kind == "more":
-            return [(f"which is more , {x} or {y} ?", str(max(x, y))) for x, y in ORDERED]
-        raise ValueError(f"Unknown kind of knowledge {kind!r}; choose one of {', '.join(QUESTIONS)}.")
+            return [
+                (f"what is {n} minus {c} ?", str(n - c), f"{n} minus {c} is {n - c} .", numbers) for n, c in DIFFERENCES
+            ]
+        pick, other = (max, min) if kind == "more" else (min, max)
+        return [
+            (
+                f"which is {kind} , {x} or {y} ?",
+                str(pick(x, y)),
+                f"{pick(x, y)} is {kind} than {other(x, y)} .",
+                [str(x), str(y)],
+            )
+            for x, y in ORDERED
+        ]
 
     # -- tasks ----------------------------------------------------------------------------------------------------
 
