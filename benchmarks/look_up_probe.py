@@ -25,6 +25,11 @@ import torch
 from harness import sweep, synthetic
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+p.add_argument(
+    "--look_up_steps",
+    type=int,
+    help=f"first phase, the pure look-up alone (default: {sweep.BaseSettings.look_up_steps}; 0 with --only, --bare)",
+)
 p.add_argument("--steps", type=int, default=sweep.BaseSettings.steps)
 p.add_argument("--every", type=int, default=250, help="measure every this many steps")
 p.add_argument("--learning_rate", type=float, default=sweep.BaseSettings.learning_rate)
@@ -36,7 +41,13 @@ p.add_argument("--count", type=int, default=200, help="quizzes per measurement")
 args = p.parse_args()
 
 settings = sweep.BaseSettings(
-    steps=args.steps, learning_rate=args.learning_rate, head_dim=args.head_dim, kv_groups=args.kv_groups
+    look_up_steps=(0 if args.only or args.bare else sweep.BaseSettings.look_up_steps)
+    if args.look_up_steps is None
+    else args.look_up_steps,
+    steps=args.steps,
+    learning_rate=args.learning_rate,
+    head_dim=args.head_dim,
+    kv_groups=args.kv_groups,
 )
 world = sweep.World(settings.world_seed)
 tokenizer = sweep.world_tokenizer(world)  # the default world's vocabulary, whatever --only pre-trains on

@@ -67,7 +67,13 @@ g.add_argument(
 g = p.add_argument_group("offline: the synthetic base and tasks")
 g.add_argument("--hidden_size", type=int, default=sweep.BaseSettings.hidden_size)
 g.add_argument("--layers", type=int, default=sweep.BaseSettings.num_hidden_layers)
-g.add_argument("--base_steps", type=int, default=sweep.BaseSettings.steps, help="pre-training steps")
+g.add_argument(
+    "--look_up_steps",
+    type=int,
+    default=sweep.BaseSettings.look_up_steps,
+    help="pre-training steps on the pure look-up alone, before the world's mixture (0: none)",
+)
+g.add_argument("--base_steps", type=int, default=sweep.BaseSettings.steps, help="pre-training steps on the world")
 g.add_argument("--base_learning_rate", type=float, default=sweep.BaseSettings.learning_rate)
 g.add_argument("--train_per_task", type=int, default=400)
 g.add_argument("--test_per_task", type=int, default=100)
@@ -113,6 +119,7 @@ def synthetic_setup(args):
     base = sweep.BaseSettings(
         hidden_size=args.hidden_size,
         num_hidden_layers=args.layers,
+        look_up_steps=args.look_up_steps,
         steps=args.base_steps,
         learning_rate=args.base_learning_rate,
     )
@@ -155,6 +162,7 @@ QUICK = dict(
     seeds=2,
     hidden_size=32,
     layers=1,
+    look_up_steps=2,
     base_steps=3,
     max_steps=2,
     train_per_task=2,

@@ -8,6 +8,7 @@ import random
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -320,6 +321,44 @@ def test_stated_quizzes_say_their_answer_and_label_the_option_holding_it():
         assert_states(world, statement, question, chosen)
 
 
+def test_look_up_documents_are_bare_two_option_stated_quizzes_with_their_label():
+    world, rng = World(0), random.Random(0)
+    for _ in range(300):
+        text = world.look_up_document(rng)
+        quiz, label = text.rsplit(" . ", 1)
+        prefix, *options = re.split(r" (?=[A-Z][a-z]+\d: )", quiz)
+        statement, question = prefix.split(" . ")
+        assert "###" not in text and len(options) == 2
+        values = [o.split(": ")[1] for o in options]
+        assert re.fullmatch(r"(answer|solution|ending|option)[12]", label)
+        assert_states(world, statement, question, values[int(label[-1]) - 1])
+
+
+def test_pretraining_runs_the_look_up_phase_then_the_world(monkeypatch, tmp_path):
+    """Each phase trains on its own documents with its own schedule, in order; look_up_steps=0 skips the first."""
+    seen = []
+
+    def record(model, batches, optimizer, schedule, desc, progress):
+        text = tokenizer.decode(next(iter(batches))[0], skip_special_tokens=False)
+        seen.append((desc, len(batches), schedule.lr_lambdas[0](0), text))
+        return 0.0
+
+    tokenizer = sweep.world_tokenizer(World(0))
+    monkeypatch.setattr(sweep, "pretrain", record)
+    monkeypatch.setattr(sweep, "knowledge", lambda *a, **k: {})
+    settings = sweep.BaseSettings(hidden_size=32, num_hidden_layers=1, look_up_steps=3, steps=2, batch_size=2)
+    sweep.pretrain_base(settings, tmp_path / "base", progress=False)
+    (look_up, steps, lr0, text), (world, world_steps, world_lr0, world_text) = seen
+    assert "look-up" in look_up and "world" in world and (steps, world_steps) == (3, 2)
+    assert lr0 == world_lr0 == 0.0  # a warmup each
+    quizzes = [d.strip() for d in text.split("</s>")[1:-1]]  # whole documents of the block
+    assert quizzes and all(re.search(r"\? [A-Z][a-z]+1: .* [A-Z][a-z]+2: .* \. [a-z]+[12]$", q) for q in quizzes)
+    assert "###" in world_text or " is " in world_text
+    seen.clear()
+    sweep.pretrain_base(replace(settings, look_up_steps=0), tmp_path / "base0", progress=False)
+    assert [d for d, *_ in seen] == [world]
+
+
 def test_pretraining_states_and_asks_only_the_worlds_facts():
     world = World(0)
     for kind in QUESTIONS:
@@ -399,6 +438,7 @@ def test_cache_key_covers_the_world_code_and_vocabulary(monkeypatch):
     settings = sweep.BaseSettings()
     key = settings.key()
     assert key == sweep.BaseSettings().key() != sweep.BaseSettings(steps=settings.steps + 1).key()
+    assert key != sweep.BaseSettings(look_up_steps=0).key()
     real_source = sweep.inspect.getsource
     monkeypatch.setattr(
         sweep.inspect, "getsource", lambda obj: real_source(obj) + ("# changed" if obj is sweep.synthetic else "")
@@ -550,9 +590,10 @@ def test_paper_sweep_script_smoke_and_resume(tmp_path):
 
 def test_look_up_probe_measures_while_pretraining():
     args = ["benchmarks/look_up_probe.py", "--steps", 2, "--every", 1, "--count", 4]
-    out = _run(args)
+    out = _run(args + ["--look_up_steps", 1])
     steps = re.findall(r"step +(\d+) .*quizzes +([\d.]+)%, stated +([\d.]+)% \(guessing ([\d.]+)%\)", out)
-    assert [int(s[0]) for s in steps] == [0, 1, 2] and all(0 <= float(v) <= 100 for s in steps for v in s[1:])
+    assert [int(s[0]) for s in steps] == [0, 1, 0, 1, 2]  # the look-up phase, then the world
+    assert all(0 <= float(v) <= 100 for s in steps for v in s[1:])
     assert "knowledge: {" in out
     bare = re.findall(r"step +(\d+): bare 2-option stated quizzes +([\d.]+)%", _run(args + ["--bare", 2]))
     assert [int(s) for s, _ in bare] == [0, 1, 2]

@@ -81,6 +81,9 @@ class BaseSettings:
     # ratios (1 KV head for 2 heads of 64), but there are twice as many attention patterns for the look-up
     head_dim: int = 32
     kv_groups: int = 2
+    # first the pure look-up alone (World.look_up_document), with its own warmup and cosine schedule; then the
+    # world's mixture for `steps`
+    look_up_steps: int = 3000
     steps: int = 2000
     batch_size: int = 16
     block_size: int = 128
@@ -138,13 +141,14 @@ def world_tokenizer(world: World):
     return tiny_word_tokenizer(texts)
 
 
-def _pretraining_blocks(world: World, tokenizer, settings: BaseSettings, seed: int) -> torch.Tensor:
-    """[steps * batch, block] token ids: documents joined with EOS and cut into blocks, nanoGPT style."""
-    needed = settings.steps * settings.batch_size * settings.block_size
+def _pretraining_blocks(world: World, tokenizer, settings: BaseSettings, seed: int, steps: int, document=None):
+    """[steps * batch, block] token ids: documents (``World.pretraining_texts``) joined with EOS and cut into
+    blocks, nanoGPT style."""
+    needed = steps * settings.batch_size * settings.block_size
     stream: list[int] = []
     rng_seed = seed
     while len(stream) < needed:
-        texts = world.pretraining_texts(20000, seed=rng_seed)
+        texts = world.pretraining_texts(20000, seed=rng_seed, document=document)
         for ids in tokenizer(texts)["input_ids"]:
             stream += ids + [tokenizer.eos_token_id]
         rng_seed += 1
@@ -217,13 +221,19 @@ def pretrain_base(settings: BaseSettings, path: Path, progress: bool = True) -> 
     model.generation_config.update(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
-    blocks = _pretraining_blocks(world, tokenizer, settings, seed=settings.world_seed + 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.0)
-    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, settings.steps // 20), settings.steps)
+    phases = [  # (name, steps, documents, seed of their stream)
+        ("the look-up", settings.look_up_steps, world.look_up_document, settings.world_seed + 100_000),
+        ("the world", settings.steps, None, settings.world_seed + 1),
+    ]
     start = time.perf_counter()
-    loss = pretrain(
-        model, blocks.split(settings.batch_size), optimizer, schedule, "pre-train the synthetic base", progress
-    )
+    for name, steps, document, seed in phases:
+        if steps:
+            blocks = _pretraining_blocks(world, tokenizer, settings, seed, steps, document)
+            schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
+            loss = pretrain(
+                model, blocks.split(settings.batch_size), optimizer, schedule, f"pre-train the base: {name}", progress
+            )
     seconds = time.perf_counter() - start
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)

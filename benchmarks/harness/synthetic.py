@@ -166,14 +166,25 @@ class World:
     def _format_stated_quiz(self, rng):
         return self._format_quiz(rng, stated=True)
 
-    def quiz(self, rng: random.Random, stated: bool = False) -> tuple[str, str]:
-        """A fact asked with 2-4 labelled options (any label family) and the right option's label: pre-training's
-        quizzes (``sweep.look_up`` asks fresh ones to see whether the base can pick an option). ``stated``: the
-        fact is said first ("the yak lives in the city . where does the yak live ? Option1: ..."), so the quiz is
-        a pure look-up (find the option that holds a word in the context, answer its label), without recall."""
+    def quiz(self, rng: random.Random, stated: bool = False, options: int | None = None) -> tuple[str, str]:
+        """A fact asked with 2-4 labelled options (any label family; ``options``: that many) and the right option's
+        label: pre-training's quizzes (``sweep.look_up`` asks fresh ones to see whether the base can pick an
+        option). ``stated``: the fact is said first ("the yak lives in the city . where does the yak live ?
+        Option1: ..."), so the quiz is a pure look-up (find the option that holds a word in the context, answer
+        its label), without recall."""
         question, correct, statement, pool = rng.choice(self._facts(rng.choice(QUESTIONS + ("less",))))
-        options, label = self._choice(rng, correct, pool, rng.randint(2, min(4, len(pool))), rng.choice(LABELS))
-        return f"{statement + ' ' if stated else ''}{question} {options}", label
+        count = options or rng.randint(2, min(4, len(pool)))
+        text, label = self._choice(rng, correct, pool, count, rng.choice(LABELS))
+        return f"{statement + ' ' if stated else ''}{question} {text}", label
+
+    def look_up_document(self, rng: random.Random) -> str:
+        """The first phase of pre-training (``sweep.BaseSettings.look_up_steps``): a stated quiz of 2 options
+        without the prompt template, then its label ("the yak lives in the city . where does the yak live ?
+        Option1: forest Option2: city . option2"). The pure look-up, about three times as many a step as in
+        templated quizzes: the base learns it only after a plateau of some 2,000 such steps, which the world's
+        mixture alone never gets through (docs/benchmarks.md, "Teaching the base the look-up")."""
+        quiz, label = self.quiz(rng, stated=True, options=2)
+        return f"{quiz} . {label}"
 
     def _format_table(self, rng):
         """2-4 labelled options, then up to 6 questions whose answers they hold, each answered with its option's
@@ -215,9 +226,11 @@ class World:
             f"{thing} . how many {thing} does {other} get ? {b}"
         )
 
-    def pretraining_texts(self, count: int, seed: int) -> list[str]:
+    def pretraining_texts(self, count: int, seed: int, document=None) -> list[str]:
+        """``count`` documents drawn by ``document(rng)`` (default: ``pretraining_document``)."""
         rng = random.Random(seed)
-        return [self.pretraining_document(rng) for _ in range(count)]
+        document = document or self.pretraining_document
+        return [document(rng) for _ in range(count)]
 
     def _statement_creature(self, rng):
         creature = rng.choice(CREATURES)
