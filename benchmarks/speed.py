@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from harness import speed
+from harness import shapes, speed
 from harness.report import machine_lines
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -77,7 +77,7 @@ if __name__ == "__main__":
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    shape = speed.ModelShape(
+    shape = shapes.ModelShape(
         args.hidden_size, args.layers, args.experts, args.top_k, args.batch_size, args.seq_len, args.vocab_size
     )
     sections = ["# Speed: PERFT and LoRACoE next to peft's LoRA", "", *machine_lines(device), ""]
@@ -133,7 +133,7 @@ if __name__ == "__main__":
             "",
         ]
     if "loracoe" in args.sections:
-        dense = speed.ModelShape(
+        dense = shapes.ModelShape(
             args.loracoe_hidden_size, args.loracoe_layers, 0, 0, args.batch_size, args.seq_len, args.vocab_size
         )
         clock = time.process_time if args.loracoe_clock == "process" else time.perf_counter

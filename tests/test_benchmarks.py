@@ -20,7 +20,8 @@ from harness.measure import count_flops, interleaved_times, paired_ratio, peak_m
 from harness.methods import parse_method
 from harness.questions import CANNOT_TELL, CONTRADICTS, REPRODUCES, Comparison, Question, answer
 from harness.results import select
-from harness.speed import ModelShape, matched_method, mixtral_shaped, shared_copy
+from harness.shapes import ModelShape, mixtral_shaped
+from harness.speed import matched_method, shared_copy
 from harness.stats import paired_interval, t975, t_interval
 from harness.synthetic import COLOURS, FORMATS, HOMES, PEOPLE, QUESTIONS, SPLITS, TASKS, World
 from perft_peft import parameter_accounting

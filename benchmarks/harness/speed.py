@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 
 from perft_peft.accounting import parameter_accounting
 from perft_peft.perft.losses import load_balancing_loss
-from perft_peft.testing import tiny_moe
 
 from .measure import count_flops, interleaved_times, paired_ratio, peak_memory
 from .methods import Method, parse_method
+from .shapes import ModelShape, llama_shaped, mixtral_shaped, olmoe_layer_model
 
 BALANCE_COEF = 0.01  # PERFT-R's load-balancing loss weight (PerftTrainingArguments.router_aux_loss_coef)
 MODEL_BASELINE = "lora_attn:r=8"
@@ -40,92 +40,6 @@ SPEED_GOALS = {"PERFT-R": 1.03, "PERFT-E": 1.03, "LoRACoE (q,v)": 1.03}  # step-
 LORACOE_MODULES = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # LoRACoE paper, appendix A
 LORACOE_TARGET = 1.02  # LoRACoE step time / peft LoRA step time, dense model, equal r and targets
 MEMORY_TARGET = 1.05
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    hidden_size: int = 512
-    num_hidden_layers: int = 4
-    num_experts: int = 8
-    top_k: int = 2
-    batch_size: int = 4
-    seq_len: int = 256
-    vocab_size: int = 4096
-
-    @property
-    def tokens(self) -> int:
-        return self.batch_size * self.seq_len
-
-
-# The shapes below are tiny_moe's models at other sizes, in training mode (the benchmarks time training steps).
-
-
-def mixtral_shaped(
-    shape: ModelShape,
-    num_hidden_layers: int | None = None,
-    dtype=torch.float32,
-    seed: int = 0,
-    head_dim: int = 64,
-    kv_groups: int = 4,
-):
-    """A randomly initialised Mixtral-shaped causal LM: Mixtral's ratios (FFN 3.5x hidden, 4 query heads per KV
-    head, head dim 64; the last two can be changed) at ``shape``'s size."""
-    heads = max(1, shape.hidden_size // head_dim)
-    return tiny_moe(
-        "mixtral",
-        seed,
-        dtype,
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.hidden_size * 7 // 2,
-        num_hidden_layers=num_hidden_layers or shape.num_hidden_layers,
-        num_attention_heads=heads,
-        num_key_value_heads=max(1, heads // kv_groups),
-        num_local_experts=shape.num_experts,
-        num_experts_per_tok=shape.top_k,
-        vocab_size=shape.vocab_size,
-        max_position_embeddings=max(shape.seq_len, 128),
-    ).train()
-
-
-def llama_shaped(shape: ModelShape, dtype=torch.float32, seed: int = 0):
-    """A randomly initialised dense Llama-shaped causal LM (FFN 11008/4096 x hidden, head dim 64, no GQA)."""
-    heads = max(1, shape.hidden_size // 64)
-    return tiny_moe(
-        "llama",
-        seed,
-        dtype,
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.hidden_size * 11008 // 4096,
-        num_hidden_layers=shape.num_hidden_layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        vocab_size=shape.vocab_size,
-        max_position_embeddings=max(shape.seq_len, 128),
-    ).train()
-
-
-def olmoe_layer_model(
-    hidden_size: int = 2048,
-    num_experts: int = 64,
-    top_k: int = 8,
-    intermediate_size: int = 1024,
-    dtype=torch.float32,
-    seed: int = 0,
-):
-    """A one-layer OLMoE-shaped model; the benchmark uses its MoE block."""
-    return tiny_moe(
-        "olmoe",
-        seed,
-        dtype,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=1,
-        num_attention_heads=max(1, hidden_size // 128),
-        num_key_value_heads=max(1, hidden_size // 128),
-        num_experts=num_experts,
-        num_experts_per_tok=top_k,
-        vocab_size=256,
-    ).train()
 
 
 def shared_copy(model):

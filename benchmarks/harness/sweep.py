@@ -198,7 +198,7 @@ def pretrain_base(settings: BaseSettings, path: Path, progress: bool = True) -> 
     """Pre-train the synthetic base on the world's knowledge (every weight, AdamW, cosine) and save it."""
     from transformers import get_cosine_schedule_with_warmup
 
-    from .speed import ModelShape, mixtral_shaped
+    from .shapes import ModelShape, mixtral_shaped
 
     world = World(settings.world_seed)
     tokenizer = world_tokenizer(world)
