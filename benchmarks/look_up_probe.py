@@ -56,17 +56,18 @@ if args.only:
     synthetic.World.pretraining_document = getattr(synthetic.World, f"_format_{args.only}")
 
 
-def bare_quiz(world, rng):
-    """A stated quiz of ``args.bare`` options without the template, and its label."""
+def bare_quiz(world, rng, options):
+    """A stated quiz of ``options`` options without the template, and its label."""
     while True:
         quiz, label = world.quiz(rng, stated=True)
-        if quiz.count(": ") == args.bare:
+        if quiz.count(": ") == options:
             return f"{quiz} .", label
 
 
-def bare_accuracy(model):
+def bare_accuracy(model, options):
+    """% of fresh bare stated quizzes of ``options`` options whose label is the model's next-token argmax."""
     rng = random.Random("bare")
-    quizzes = [bare_quiz(world, rng) for _ in range(args.count)]
+    quizzes = [bare_quiz(world, rng, options) for _ in range(args.count)]
     batch = tokenizer([q for q, _ in quizzes], return_tensors="pt", padding=True, padding_side="left")
     predicted = model(**batch).logits[:, -1].argmax(-1)
     labels = tokenizer.convert_tokens_to_ids([label for _, label in quizzes])
@@ -74,7 +75,7 @@ def bare_accuracy(model):
 
 
 if args.bare:
-    synthetic.World.pretraining_document = lambda self, rng: " ".join(bare_quiz(self, rng))
+    synthetic.World.pretraining_document = lambda self, rng: " ".join(bare_quiz(self, rng, args.bare))
 pretrain = sweep.pretrain
 
 
@@ -98,18 +99,26 @@ class Measured:
         self.model.eval()
         with torch.no_grad():
             if args.bare:
-                print(f"step {step:5d}: bare {args.bare}-option stated quizzes {bare_accuracy(self.model):5.1f}%")
+                accuracy = bare_accuracy(self.model, args.bare)
+                print(f"step {step:5d}: bare {args.bare}-option stated quizzes {accuracy:5.1f}%", flush=True)
                 return self.model.train()
             quiz, stated = (sweep.look_up(self.model, tokenizer, world, args.count, stated=s) for s in (0, 1))
+            bare = bare_accuracy(self.model, 2)
         self.model.train()
         print(
             f"step {step:5d} ({time.perf_counter() - self.start:5.0f} s): quizzes {quiz['quiz']:5.1f}%, "
-            f"stated {stated['quiz']:5.1f}% (guessing {quiz['chance']:.1f}%)",
+            f"stated {stated['quiz']:5.1f}% (guessing {quiz['chance']:.1f}%), bare 2-option {bare:5.1f}% "
+            "(guessing 50%)",
             flush=True,
         )
 
 
-sweep.pretrain = lambda model, batches, *rest: pretrain(model, Measured(model, batches), *rest[:3], False)
+def measured_pretrain(model, batches, optimizer, schedule, desc, progress):
+    print(f"== {desc}: {len(batches)} steps", flush=True)
+    return pretrain(model, Measured(model, batches), optimizer, schedule, desc, False)
+
+
+sweep.pretrain = measured_pretrain
 with tempfile.TemporaryDirectory() as tmp:
     path = sweep.pretrain_base(settings, Path(tmp) / "base", progress=False)
     print(f"knowledge: {sweep.base_report(path)['knowledge']}")
