@@ -594,7 +594,8 @@ def test_look_up_probe_measures_while_pretraining():
     out = _run(args + ["--look_up_steps", 1])
     steps = re.findall(r"step +(\d+) .*quizzes +([\d.]+)%, stated +([\d.]+)% \(guessing ([\d.]+)%\)", out)
     assert [int(s[0]) for s in steps] == [0, 1, 0, 1, 2]  # the look-up phase, then the world
-    assert re.findall(r"== pre-train the base: ([a-z -]+): (\d) steps", out) == [("the look-up", "1"), ("the world", "2")]
+    phases = re.findall(r"== pre-train the base: ([a-z -]+): (\d) steps", out)
+    assert phases == [("the look-up", "1"), ("the world", "2")]
     assert len(re.findall(r"bare 2-option +[\d.]+% \(guessing 50%\)", out)) == 5
     assert all(0 <= float(v) <= 100 for s in steps for v in s[1:])
     assert "knowledge: {" in out
