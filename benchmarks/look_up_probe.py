@@ -5,6 +5,7 @@
     python benchmarks/look_up_probe.py                          # the sweep's default base, measured as it learns
     python benchmarks/look_up_probe.py --only stated_quiz --steps 2500   # pre-train on stated quizzes alone
     python benchmarks/look_up_probe.py --bare 2 --steps 2500   # stated 2-option quizzes alone, no template
+    python benchmarks/look_up_probe.py --look_up_steps 3000 --every 500   # the curriculum: bare look-up, then world
 
 ``--bare N`` pre-trains on stated quizzes of N options written without the prompt template ("the yak lives in the
 city . where does the yak live ? Option1: forest Option2: city . option2"), about a third of the tokens of a
@@ -28,7 +29,8 @@ p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.Argume
 p.add_argument(
     "--look_up_steps",
     type=int,
-    help=f"first phase, the pure look-up alone (default: {sweep.BaseSettings.look_up_steps}; 0 with --only, --bare)",
+    default=sweep.BaseSettings.look_up_steps,
+    help="a first phase on the pure look-up alone (World.look_up_document), before --steps of the world",
 )
 p.add_argument("--steps", type=int, default=sweep.BaseSettings.steps)
 p.add_argument("--every", type=int, default=250, help="measure every this many steps")
@@ -41,9 +43,7 @@ p.add_argument("--count", type=int, default=200, help="quizzes per measurement")
 args = p.parse_args()
 
 settings = sweep.BaseSettings(
-    look_up_steps=(0 if args.only or args.bare else sweep.BaseSettings.look_up_steps)
-    if args.look_up_steps is None
-    else args.look_up_steps,
+    look_up_steps=args.look_up_steps,
     steps=args.steps,
     learning_rate=args.learning_rate,
     head_dim=args.head_dim,

@@ -439,7 +439,7 @@ def test_cache_key_covers_the_world_code_and_vocabulary(monkeypatch):
     settings = sweep.BaseSettings()
     key = settings.key()
     assert key == sweep.BaseSettings().key() != sweep.BaseSettings(steps=settings.steps + 1).key()
-    assert key != sweep.BaseSettings(look_up_steps=0).key()
+    assert key != sweep.BaseSettings(look_up_steps=1).key()
     real_source = sweep.inspect.getsource
     monkeypatch.setattr(
         sweep.inspect, "getsource", lambda obj: real_source(obj) + ("# changed" if obj is sweep.synthetic else "")

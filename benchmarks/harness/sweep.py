@@ -81,9 +81,10 @@ class BaseSettings:
     # ratios (1 KV head for 2 heads of 64), but there are twice as many attention patterns for the look-up
     head_dim: int = 32
     kv_groups: int = 2
-    # first the pure look-up alone (World.look_up_document), with its own warmup and cosine schedule; then the
-    # world's mixture for `steps`
-    look_up_steps: int = 3000
+    # a curriculum: first the pure look-up alone (World.look_up_document) with its own warmup and cosine schedule,
+    # then the world's mixture for `steps`. Off by default: 3,000 such steps did not give the base the templated
+    # look-up (docs/benchmarks.md, "Teaching the base the look-up")
+    look_up_steps: int = 0
     steps: int = 2000
     batch_size: int = 16
     block_size: int = 128

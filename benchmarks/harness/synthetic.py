@@ -181,8 +181,8 @@ class World:
         """The first phase of pre-training (``sweep.BaseSettings.look_up_steps``): a stated quiz of 2 options
         without the prompt template, then its label ("the yak lives in the city . where does the yak live ?
         Option1: forest Option2: city . option2"). The pure look-up, about three times as many a step as in
-        templated quizzes: the base learns it only after a plateau of some 2,000 such steps, which the world's
-        mixture alone never gets through (docs/benchmarks.md, "Teaching the base the look-up")."""
+        templated quizzes: alone, the base learns it after a plateau of some 2,000 such steps, which the world's
+        mixture never gets through (docs/benchmarks.md, "Teaching the base the look-up")."""
         quiz, label = self.quiz(rng, stated=True, options=2)
         return f"{quiz} . {label}"
 
