@@ -11,7 +11,10 @@ Table-1-shaped table (mean ± 95% CI), a Figure-4-shaped plot with error bars, a
         --bf16 --output benchmarks/results/olmoe_commonsense    # the real experiment, on a GPU machine
 
 Writes <output>.md (tables, answers, machine), <output>.png (plot) and <output>.json (every run, appended as it
-finishes: rerunning resumes; --fresh starts over). How it works: benchmarks/harness/sweep.py and synthetic.py.
+finishes: rerunning resumes, a file of another set-up is refused; --fresh starts over). To use several cores,
+pre-train the base first (--base_only), run one process per share of the methods (disjoint --methods, one
+--output; they add to one file), then once with every method to write the whole report. How it works:
+benchmarks/harness/sweep.py and synthetic.py.
 """
 
 import argparse
@@ -110,7 +113,8 @@ def real_setup(args):
         task = Task(b.name, b.label, b)
         items = list(load_llm_adapters_dataset(b.data_path(args.eval_data_dir), split="test", require_answer=True))
         validation[task], tests[task] = items[: args.validation_per_task], items[args.validation_per_task :]
-    return load_base, tokenizer, train, validation, tests, args.model, None
+    data = dict(model=args.model, data=args.data, eval_data_dir=args.eval_data_dir, benchmarks=args.benchmarks)
+    return load_base, tokenizer, train, validation, tests, args.model, None, dict(data, split=args.validation_per_task)
 
 
 def synthetic_setup(args):
@@ -153,6 +157,7 @@ def synthetic_setup(args):
         f"{base.num_experts} experts top-{base.top_k}, pre-trained {base.steps} steps at lr "
         f"{base.learning_rate:g} in {report['seconds'] / 60:.1f} min; cache key {base.key()})",
         f"answers {knows['all']:.1f}% of the world's facts asked as in pre-training ({facts})",
+        dict(base=base.key(), per_task=(args.train_per_task, args.validation_per_task, args.test_per_task)),
     )
 
 
@@ -178,7 +183,7 @@ if __name__ == "__main__":
         p.set_defaults(**QUICK)
         args = p.parse_args()
     methods = sweep.expand(args.methods, args.ranks)
-    load_base, tokenizer, train, validation, tests, base_name, knowledge = (
+    load_base, tokenizer, train, validation, tests, base_name, knowledge, setup = (
         real_setup if args.model else synthetic_setup
     )(args)
     if args.base_only:
@@ -210,6 +215,7 @@ if __name__ == "__main__":
         greedy=synthetic,
         eval_batch_size=args.eval_batch_size,
         max_new_tokens={COMMONSENSE: 12, ARITHMETIC: 32} if synthetic else None,
+        setup=setup,
     )
     tasks = list(tests)
     title = f"{'Synthetic tasks' if synthetic else base_name}: accuracy vs activated parameters"

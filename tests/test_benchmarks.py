@@ -19,7 +19,7 @@ from harness import questions, sweep
 from harness.measure import count_flops, interleaved_times, paired_ratio, peak_memory
 from harness.methods import parse_method
 from harness.questions import CANNOT_TELL, CONTRADICTS, REPRODUCES, Comparison, Question, answer
-from harness.results import select
+from harness.results import append_records, fingerprint, load_records, select
 from harness.shapes import ModelShape, mixtral_shaped
 from harness.speed import matched_method, shared_copy
 from harness.stats import paired_interval, t975, t_interval
@@ -160,6 +160,36 @@ def test_learning_rate_is_chosen_on_validation_and_test_read_only_there():
     assert chosen["S:r=2"].learning_rate == 0.001 and chosen["S:r=2"].per_seed("accuracy") == {0: 30.0, 1: 40.0}
     assert chosen["S:r=2"].grid == {0.1: (10.0, 1.0), 0.01: (60.0, 1.0), 0.001: (60.0, 0.5)}
     assert chosen["loracoe:E=2,r=8,router=off"].learning_rate == 0.01 == chosen["loracoe:E=2,r=8"].learning_rate
+
+
+def _append_many(path, specs):
+    for spec in specs:
+        append_records(path, [_record(spec, 0.01, 0, 50.0)])
+
+
+def test_results_file_is_shared_by_processes_and_refused_when_stale_or_broken(tmp_path):
+    import multiprocessing
+
+    path = tmp_path / "sweep.json"
+    shares = [[f"S:r={r}" for r in range(i, 40, 2)] for i in (0, 1)]
+    with multiprocessing.get_context("fork").Pool(2) as pool:  # two writers at once, each re-reading under the lock
+        pool.starmap(_append_many, [(path, share) for share in shares])
+    assert sorted(r["spec"] for r in load_records(path)) == sorted(shares[0] + shares[1])
+    assert len(append_records(path, [_record("S:r=0", 0.01, 0, 99.0)])) == 40  # a run already there is kept
+    assert load_records(path)[0]["test"]["t1"]["accuracy"] == 50.0 and not list(tmp_path.glob(".*.tmp"))
+
+    setup = fingerprint({"base": "abc"})
+    assert setup == fingerprint({"base": "abc"}) != fingerprint({"base": "abd"})
+    append_records(tmp_path / "mine.json", [{**_record("S:r=2", 0.01, 0, 50.0), "setup": setup}])
+    assert len(load_records(tmp_path / "mine.json", setup)) == 1
+    for stale in (path, tmp_path / "mine.json"):  # no fingerprint (an older harness), or another one
+        with pytest.raises(ValueError, match="another set-up .* --fresh"):
+            load_records(stale, fingerprint({"base": "abd"}))
+    for text in ("", "{}", "[1, 2]", '[{"spec": "S:r=2"'):
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(ValueError, match="is not a sweep results file"):
+            load_records(tmp_path / "bad.json")
+    assert load_records(tmp_path / "absent.json") == []
 
 
 def test_answers_give_each_verdict_from_paired_intervals():
@@ -579,6 +609,16 @@ def test_paper_sweep_script_smoke_and_resume(tmp_path):
     assert len(list((tmp_path / "cache").iterdir())) == 1
     _run(args + ["--methods", "lora_attn:r=8", "S:r=2", "--seeds", 3])  # resumes: only S and the third seed run
     again = json.loads((tmp_path / "sweep.json").read_text())
+    assert len({r["setup"] for r in again}) == 1
+    stale = subprocess.run(  # another set-up (here: other test items) is refused, not mixed into the table
+        [sys.executable, *map(str, args + ["--test_per_task", 3])],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
+    assert stale.returncode != 0 and "another set-up" in stale.stderr
+    assert json.loads((tmp_path / "sweep.json").read_text()) == again
     assert again[: len(records)] == records
     assert sorted((r["spec"], r["seed"]) for r in again[len(records) :]) == [
         ("S:r=2", 0),

@@ -13,11 +13,65 @@ with it seed for seed.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
 
 GRID_SEED = 0
 METRICS = ("accuracy", "loss")  # accuracy in %, higher is better; loss = mean NLL per answer token, lower is better
+
+
+def fingerprint(setup: dict) -> str:
+    """A short hash of everything but method, rate and seed that makes a run's numbers (base, data, settings)."""
+    return hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def run_key(record: dict) -> tuple:
+    return canonical(record["spec"]), record["learning_rate"], record["seed"]
+
+
+def load_records(path: Path, setup: str | None = None) -> list[dict]:
+    """The records in ``path`` ([] if there is none), refusing a file that is not a results file or that holds runs
+    of another ``setup`` (a fingerprint): resuming them would mix two experiments in one table."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        records = json.loads(path.read_text())
+        if not isinstance(records, list) or not all(isinstance(r, dict) and "spec" in r for r in records):
+            raise ValueError("not a list of run records")
+    except ValueError as error:
+        raise ValueError(f"{path} is not a sweep results file ({error}); move it away or pass --fresh.") from None
+    if setup is not None:
+        other = sorted({str(r.get("setup")) for r in records} - {setup})
+        if other:
+            raise ValueError(
+                f"{path} holds runs of another set-up (fingerprint {', '.join(other)}, this one {setup}: another "
+                "base, data or fine-tuning settings, or an older harness). Resuming would mix two experiments in "
+                "one table: pass --fresh to start over, or another --output."
+            )
+    return records
+
+
+def append_records(path: Path, new: list[dict]) -> list[dict]:
+    """Add ``new`` to the results file and return all its records. Under a lock and re-read first, so processes
+    sharing one file (disjoint --methods on both cores) add to it instead of overwriting each other; written to a
+    temporary file and renamed, so a kill leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        records = load_records(path)
+        done = {run_key(r) for r in records}
+        records += [r for r in new if run_key(r) not in done]
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(records, indent=2))
+        os.replace(tmp, path)
+    return records
 
 
 def canonical(spec: str) -> str:

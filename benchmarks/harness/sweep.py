@@ -40,7 +40,7 @@ from perft_peft.pretraining import pretrain
 
 from . import synthetic
 from .methods import Method
-from .results import GRID_SEED, canonical, select
+from .results import GRID_SEED, append_records, canonical, fingerprint, load_records, run_key, select
 from .synthetic import QUESTIONS, SPLITS, TASKS, World
 
 # Every method of the questions (harness.questions), at the ranks that give PERFT-R (Top2/8), E, D and S
@@ -490,17 +490,22 @@ def run_sweep(
     eval_batch_size: int = 64,
     max_new_tokens: dict[str, int] | None = None,
     progress: bool = True,
+    setup: dict | None = None,
 ) -> list[dict]:
     """The protocol (module docstring) over ``methods`` and the base model alone (spec "base"). Every finished
     run's records (its method's, and its ``router=off`` variant's when that is among ``methods``) are appended
-    to ``results_path`` at once; runs already there (same spec, learning rate, seed) are kept, not re-run."""
+    to ``results_path`` at once; runs already there (same spec, learning rate, seed) are kept, not re-run.
+    ``setup`` names everything else that makes the numbers (base, data); with ``settings`` and the scoring options
+    its fingerprint is stored in every record, and a results file of another set-up is refused, not resumed.
+    Several processes may share ``results_path`` (``results.append_records``)."""
     from datasets import Dataset
     from peft import get_peft_model
 
     from perft_peft import set_loracoe_phase
 
-    records = json.loads(results_path.read_text()) if results_path.exists() else []
-    done = {(canonical(r["spec"]), r["learning_rate"], r["seed"]) for r in records}
+    setup_id = fingerprint(dict(setup=setup, settings=asdict(settings), greedy=greedy, max_new_tokens=max_new_tokens))
+    records = load_records(results_path, setup_id)
+    done = {run_key(r) for r in records}
     dataset = tokenize_dataset(
         Dataset.from_list(train_records),
         tokenizer,
@@ -514,12 +519,13 @@ def run_sweep(
     variants = {m: [v for v in methods if v.router_off and v.trained == m] for m in trained}
 
     def save(*new):
-        records.extend(new)
-        done.update((canonical(r["spec"]), r["learning_rate"], r["seed"]) for r in new)
-        results_path.parent.mkdir(parents=True, exist_ok=True)
-        results_path.write_text(json.dumps(records, indent=2))
+        for record in new:
+            record["setup"] = setup_id
+        records[:] = append_records(results_path, list(new))
+        done.update(map(run_key, records))
 
     def run(method: Method, learning_rate: float, seed: int):
+        done.update(map(run_key, load_records(results_path, setup_id)))  # another process's runs count too
         if all((canonical(m.spec), learning_rate, seed) in done for m in [method, *variants[method]]):
             return
         base = load_base()
