@@ -6,6 +6,7 @@
     python benchmarks/look_up_probe.py --only stated_quiz --steps 2500   # pre-train on stated quizzes alone
     python benchmarks/look_up_probe.py --bare 2 --steps 2500   # stated 2-option quizzes alone, no template
     python benchmarks/look_up_probe.py --look_up_steps 3000 --every 500   # the curriculum: bare look-up, then world
+    python benchmarks/look_up_probe.py --look_up_steps 3000 --keep_look_up 0.3   # ... the world keeping the look-up
 
 ``--bare N`` pre-trains on stated quizzes of N options written without the prompt template ("the yak lives in the
 city . where does the yak live ? Option1: forest Option2: city . option2"), about a third of the tokens of a
@@ -39,6 +40,12 @@ p.add_argument("--head_dim", type=int, default=sweep.BaseSettings.head_dim)
 p.add_argument("--kv_groups", type=int, default=sweep.BaseSettings.kv_groups)
 p.add_argument("--only", choices=["quiz", "stated_quiz", "table"], help="pre-train on this one format alone")
 p.add_argument("--bare", type=int, help="pre-train on stated quizzes of this many options without the template")
+p.add_argument(
+    "--keep_look_up",
+    type=float,
+    default=0.0,
+    help="share of the world phase's documents that are the first phase's bare look-up (so it is not dropped)",
+)
 p.add_argument("--count", type=int, default=200, help="quizzes per measurement")
 args = p.parse_args()
 
@@ -76,6 +83,11 @@ def bare_accuracy(model, options):
 
 if args.bare:
     synthetic.World.pretraining_document = lambda self, rng: " ".join(bare_quiz(self, rng, args.bare))
+if args.keep_look_up:
+    world_document = synthetic.World.pretraining_document
+    synthetic.World.pretraining_document = lambda self, rng: (
+        self.look_up_document(rng) if rng.random() < args.keep_look_up else world_document(self, rng)
+    )
 pretrain = sweep.pretrain
 
 

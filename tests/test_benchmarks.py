@@ -631,7 +631,7 @@ def test_paper_sweep_script_smoke_and_resume(tmp_path):
 
 def test_look_up_probe_measures_while_pretraining():
     args = ["benchmarks/look_up_probe.py", "--steps", 2, "--every", 1, "--count", 4]
-    out = _run(args + ["--look_up_steps", 1])
+    out = _run(args + ["--look_up_steps", 1, "--keep_look_up", 0.5])  # the curriculum, keeping the look-up
     steps = re.findall(r"step +(\d+) .*quizzes +([\d.]+)%, stated +([\d.]+)% \(guessing ([\d.]+)%\)", out)
     assert [int(s[0]) for s in steps] == [0, 1, 0, 1, 2]  # the look-up phase, then the world
     phases = re.findall(r"== pre-train the base: ([a-z -]+): (\d) steps", out)
