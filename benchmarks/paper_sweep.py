@@ -128,6 +128,7 @@ def synthetic_setup(args):
         learning_rate=args.base_learning_rate,
     )
     path = sweep.cached_base(base, args.cache_dir)
+    weights = sweep.weights_digest(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     train, validation, tests = sweep.synthetic_tasks(
         base, args.train_per_task, args.validation_per_task, args.test_per_task
@@ -155,9 +156,13 @@ def synthetic_setup(args):
         tests,
         f"synthetic tiny Mixtral-shaped MoE (hidden {base.hidden_size}, {base.num_hidden_layers} layers, "
         f"{base.num_experts} experts top-{base.top_k}, pre-trained {base.steps} steps at lr "
-        f"{base.learning_rate:g} in {report['seconds'] / 60:.1f} min; cache key {base.key()})",
+        f"{base.learning_rate:g} in {report['seconds'] / 60:.1f} min; cache key {path.name}, weights {weights})",
         f"answers {knows['all']:.1f}% of the world's facts asked as in pre-training ({facts})",
-        dict(base=base.key(), per_task=(args.train_per_task, args.validation_per_task, args.test_per_task)),
+        dict(
+            base=path.name,
+            weights=weights,
+            per_task=(args.train_per_task, args.validation_per_task, args.test_per_task),
+        ),
     )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import get_peft_model
+from safetensors.torch import load_file, save_file
 
 from harness import questions, sweep
 from harness.measure import count_flops, interleaved_times, paired_ratio, peak_memory
@@ -504,11 +505,15 @@ def test_answer_loss_is_the_models_own_loss_on_the_response_tokens():
     assert sweep.answer_loss(model, tokenizer, records, 128, batch_size=2) == pytest.approx(expected, rel=1e-5)
 
 
-def _run(args, timeout=900):
+def _run(args, timeout=900, fails=False):
+    """A benchmark script's stdout; with ``fails``, its stderr, and it must have failed."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(
         [sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
     )
+    if fails:
+        assert result.returncode != 0, result.stdout[-3000:]
+        return result.stderr
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result.stdout
 
@@ -610,14 +615,15 @@ def test_paper_sweep_script_smoke_and_resume(tmp_path):
     _run(args + ["--methods", "lora_attn:r=8", "S:r=2", "--seeds", 3])  # resumes: only S and the third seed run
     again = json.loads((tmp_path / "sweep.json").read_text())
     assert len({r["setup"] for r in again}) == 1
-    stale = subprocess.run(  # another set-up (here: other test items) is refused, not mixed into the table
-        [sys.executable, *map(str, args + ["--test_per_task", 3])],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-    )
-    assert stale.returncode != 0 and "another set-up" in stale.stderr
+    # another set-up (here: other test items) is refused, not mixed into the table
+    assert "another set-up" in _run(args + ["--test_per_task", 3], fails=True)
+    assert json.loads((tmp_path / "sweep.json").read_text()) == again
+    # the same cache key with other weights (a rebuild on another thread count or CPU) is another set-up too
+    (cached,) = (tmp_path / "cache").iterdir()
+    weights = load_file(cached / "model.safetensors")
+    weights[next(iter(weights))] += 1e-3
+    save_file(weights, cached / "model.safetensors", metadata={"format": "pt"})
+    assert "another set-up" in _run(args, fails=True)
     assert json.loads((tmp_path / "sweep.json").read_text()) == again
     assert again[: len(records)] == records
     assert sorted((r["spec"], r["seed"]) for r in again[len(records) :]) == [
