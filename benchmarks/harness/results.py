@@ -52,7 +52,8 @@ def load_records(path: Path, setup: str | None = None) -> list[dict]:
         if other:
             raise ValueError(
                 f"{path} holds runs of another set-up (fingerprint {', '.join(other)}, this one {setup}: another "
-                "base, data or fine-tuning settings, or an older harness). Resuming would mix two experiments in "
+                "base (a base pre-trained anew on another thread count or CPU is another base), data or "
+                "fine-tuning settings, or an older harness). Resuming would mix two experiments in "
                 "one table: pass --fresh to start over, or another --output."
             )
     return records
