@@ -127,6 +127,15 @@ def synthetic_setup(args):
         steps=args.base_steps,
         learning_rate=args.base_learning_rate,
     )
+    results = Path(args.output).with_suffix(".json")
+    if results.exists() and not (args.fresh or args.base_only):
+        if not (sweep.base_path(base, args.cache_dir) / "config.json").is_file():
+            raise SystemExit(  # say so now, not after pre-training
+                f"{results} holds runs on a pre-trained base that is not in this machine's cache. Pre-training "
+                "it anew gives the same weights only on the same thread count and CPU; otherwise those runs are "
+                "of another set-up and would be refused. Pass another --output to start a new results file, "
+                "--fresh to replace these runs, or run --base_only first and then resume if its weights match."
+            )
     path = sweep.cached_base(base, args.cache_dir)
     weights = sweep.weights_digest(path)
     tokenizer = AutoTokenizer.from_pretrained(path)

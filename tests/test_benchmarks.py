@@ -618,6 +618,9 @@ def test_paper_sweep_script_smoke_and_resume(tmp_path):
     # another set-up (here: other test items) is refused, not mixed into the table
     assert "another set-up" in _run(args + ["--test_per_task", 3], fails=True)
     assert json.loads((tmp_path / "sweep.json").read_text()) == again
+    # without the base in the cache, the runs' base would be pre-trained anew: refused before pre-training
+    assert "not in this machine's cache" in _run(args[:-1] + [tmp_path / "no_cache"], fails=True)
+    assert not (tmp_path / "no_cache").exists()
     # the same cache key with other weights (a rebuild on another thread count or CPU) is another set-up too
     (cached,) = (tmp_path / "cache").iterdir()
     weights = load_file(cached / "model.safetensors")

@@ -267,9 +267,14 @@ def base_report(path: Path) -> dict:
     return json.loads((Path(path) / "pretraining.json").read_text())
 
 
+def base_path(settings: BaseSettings, cache_dir: Path | None = None) -> Path:
+    """Where the base for ``settings`` is cached; it is there once ``config.json`` is (``cached_base``)."""
+    return Path(cache_dir or default_cache_dir()) / settings.key()
+
+
 def cached_base(settings: BaseSettings, cache_dir: Path | None = None, progress: bool = True) -> Path:
     """The pre-trained synthetic base for ``settings``: from the cache, or pre-trained now and cached."""
-    path = Path(cache_dir or default_cache_dir()) / settings.key()
+    path = base_path(settings, cache_dir)
     if not (path / "config.json").is_file():
         with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as tmp:
             pretrain_base(settings, Path(tmp) / "model", progress)
