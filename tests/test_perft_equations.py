@@ -260,3 +260,30 @@ def test_bf16_model_keeps_router_in_float32(input_ids):
         expected = h.reshape(-1, h.shape[-1]).float() @ W.float().T
         assert expected.abs().max() > 1, "logits large enough for bf16 rounding to show"
         torch.testing.assert_close(record.logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def _trained_logits(variant, r, init_weights, input_ids, **kwargs):
+    """Logits after three Adam steps on one batch, from seed 0 (every random draw the same)."""
+    torch.manual_seed(0)
+    config = PerftConfig(variant=variant, r=r, lora_alpha=2 * r, init_weights=init_weights, **kwargs)
+    model = get_peft_model(base_model(), config)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(input_ids, labels=input_ids).loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return model(input_ids).logits
+
+
+def test_dense_lora_experts_are_one_single_expert_of_their_summed_rank(input_ids):
+    """Eq. 9 with M LoRA experts of rank r is Eq. 10 with one of rank M·r (Σ_j B_j A_j = [B_1 … B_M][A_1; …; A_M]);
+    with peft's initialisation (A's bound depends on D, not r; B = 0) and lora_alpha = 2r both start and train
+    alike, so the sweep's D(2) r=7 and S r=14 are one model (docs/benchmarks.md). The authors' initialisation, whose
+    A scale depends on r, tells them apart."""
+    dense = _trained_logits("D", 3, True, input_ids, num_experts=2)
+    single = _trained_logits("S", 6, True, input_ids)
+    torch.testing.assert_close(dense, single, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(dense, _trained_logits("S", 3, True, input_ids), atol=1e-3)  # rank matters
+    official_dense = _trained_logits("D", 3, "perft", input_ids, num_experts=2)
+    assert not torch.allclose(official_dense, _trained_logits("S", 6, "perft", input_ids), atol=1e-3)
