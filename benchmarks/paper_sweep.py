@@ -129,7 +129,7 @@ def synthetic_setup(args):
     )
     results = Path(args.output).with_suffix(".json")
     if results.exists() and not (args.fresh or args.base_only):
-        if not (sweep.base_path(base, args.cache_dir) / "config.json").is_file():
+        if not sweep.is_cached(sweep.base_path(base, args.cache_dir)):
             raise SystemExit(  # say so now, not after pre-training
                 f"{results} holds runs on a pre-trained base that is not in this machine's cache. Pre-training "
                 "it anew gives the same weights only on the same thread count and CPU; otherwise those runs are "

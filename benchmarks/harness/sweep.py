@@ -268,14 +268,19 @@ def base_report(path: Path) -> dict:
 
 
 def base_path(settings: BaseSettings, cache_dir: Path | None = None) -> Path:
-    """Where the base for ``settings`` is cached; it is there once ``config.json`` is (``cached_base``)."""
+    """Where the base for ``settings`` is cached (``cached_base``)."""
     return Path(cache_dir or default_cache_dir()) / settings.key()
+
+
+def is_cached(path: Path) -> bool:
+    """Whether a base is at ``path`` (``base_path``): ``cached_base`` moves a finished base there in one rename."""
+    return (Path(path) / "config.json").is_file()
 
 
 def cached_base(settings: BaseSettings, cache_dir: Path | None = None, progress: bool = True) -> Path:
     """The pre-trained synthetic base for ``settings``: from the cache, or pre-trained now and cached."""
     path = base_path(settings, cache_dir)
-    if not (path / "config.json").is_file():
+    if not is_cached(path):
         with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as tmp:
             pretrain_base(settings, Path(tmp) / "model", progress)
             path.parent.mkdir(parents=True, exist_ok=True)
