@@ -62,7 +62,7 @@ DEFAULT_METHODS = [
 ]
 DEFAULT_RANKS = [8]  # for specs that name no r
 # Budget (docs/benchmarks.md, "The paper in miniature"): 12 trained methods x (5 rates + 2 more seeds) = 84 runs
-# of 300 steps, about 90 s each on one core: 1 h 10 min of wall-clock with two processes on the two cores.
+# of 300 steps; measured: 32-36 min of wall-clock with two one-thread processes on the two cores (72 core-minutes).
 # The full run on 3e-3..3e-2 chose an edge for three methods (LoRA(q,v) and Top1/8 the lowest, S the highest),
 # so the grid reaches one step further each way.
 DEFAULT_LEARNING_RATES = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
